@@ -1,0 +1,66 @@
+"""Typed, resilient access to several PostgreSQL databases, as a dependency-injector container.
+
+Public names only; the implementation lives in private modules.
+"""
+
+from wellwon_db._client import DatabaseClient, MainDB, ReferenceDB, TransactionScope
+from wellwon_db._compat import (
+    close_pools,
+    execute_for_db,
+    fetch_for_db,
+    fetchrow_for_db,
+    fetchval_for_db,
+    get_postgres_dsn_for_db,
+    init_pool_for_db,
+)
+from wellwon_db._container import (
+    DatabaseContainer,
+    database_lifespan,
+    resolve,
+    start_databases,
+    stop_databases,
+)
+from wellwon_db._database import Database
+from wellwon_db._pool import DatabasePool, PoolState
+from wellwon_db._settings import PoolConfig, PostgresConfig, get_postgres_config
+from wellwon_db.errors import (
+    CircuitOpenError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    PoolClosedError,
+    PoolTimeoutError,
+    WellwonDBError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigurationError",
+    "Database",
+    "DatabaseClient",
+    "DatabaseContainer",
+    "DatabasePool",
+    "DatabaseUnavailableError",
+    "MainDB",
+    "PoolClosedError",
+    "PoolConfig",
+    "PoolState",
+    "PoolTimeoutError",
+    "PostgresConfig",
+    "ReferenceDB",
+    "TransactionScope",
+    "WellwonDBError",
+    "close_pools",
+    "database_lifespan",
+    "execute_for_db",
+    "fetch_for_db",
+    "fetchrow_for_db",
+    "fetchval_for_db",
+    "get_postgres_config",
+    "get_postgres_dsn_for_db",
+    "init_pool_for_db",
+    "resolve",
+    "start_databases",
+    "stop_databases",
+]

@@ -1,0 +1,404 @@
+"""One asyncpg pool per database: lifecycle, leases, reset policy, stats.
+
+This is the one place where connection-level failures are translated into
+wellwon_db's errors (:func:`translate_error`); PostgreSQL's own errors pass
+through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeAlias
+from urllib.parse import urlsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from wellwon_db._database import Database
+from wellwon_db._session import SessionEffect
+from wellwon_db._settings import PoolConfig, redact_dsn
+from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
+
+__all__ = ["Connection", "DatabasePool", "PoolSlot", "PoolState", "translate_error"]
+
+logger = logging.getLogger("wellwon_db.pool")
+
+#: What a lease hands out: asyncpg's pooled connection proxy.
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+#: Errors that mean the database (not the SQL) failed: refused, reset,
+#: shutting down, too many connections, connection lost mid-statement.
+_UNAVAILABLE: Final = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+
+
+class PoolState(enum.Enum):
+    """Lifecycle of a :class:`DatabasePool`. Moves forward only."""
+
+    NEW = "new"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+def translate_error(exc: BaseException, database: Database, where: str) -> BaseException:
+    """Map a connection-level failure to ``DatabaseUnavailableError``; others unchanged.
+
+    ``TimeoutError`` (a command timeout) and PostgreSQL errors about the SQL
+    itself are returned as they are. The caller raises the result ``from exc``.
+    """
+    if isinstance(exc, TimeoutError) or not isinstance(exc, _UNAVAILABLE):
+        return exc
+    return DatabaseUnavailableError(
+        f"the {database.value} database is unavailable ({where}): "
+        f"{type(exc).__name__}: {_safe_message(exc)}",
+        database=database.value,
+    )
+
+
+def _safe_message(exc: BaseException) -> str:
+    # asyncpg's connection errors carry host/port, never the password; be sure.
+    return str(exc).replace("\n", " ")[:300] or "no detail"
+
+
+async def _keep_session(connection: object) -> None:
+    """asyncpg ``reset`` hook: the lease already reset what needed it."""
+
+
+class DatabasePool:
+    """An asyncpg pool bound to one database and its :class:`PoolConfig`.
+
+    No I/O in the constructor: :meth:`open` connects ``min_size`` connections
+    and :meth:`close` closes them. ``async with DatabasePool(...)`` does both.
+    Using a pool that is not open raises :class:`PoolClosedError`.
+    """
+
+    def __init__(self, database: Database, dsn: str, config: PoolConfig) -> None:
+        if config.database is not database:
+            raise ValueError(
+                f"PoolConfig of the {config.database.value} database given for "
+                f"the {database.value} database"
+            )
+        self._database = database
+        self._dsn = dsn
+        self._config = config
+        self._state = PoolState.NEW
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._birth: dict[int, float] = {}
+        self._always_reset = config.reset == "always"
+        self._max_lifetime = config.max_lifetime
+        self._waiting = 0
+        self._stats = {
+            "acquired": 0,
+            "timeouts": 0,
+            "connections_opened": 0,
+            "connections_retired": 0,
+            "resets": 0,
+        }
+        parts = urlsplit(dsn)
+        self._address = parts.netloc.rpartition("@")[2] or "localhost"
+        self._dbname = parts.path.lstrip("/") or None
+
+    # -- description ---------------------------------------------------------
+
+    @property
+    def database(self) -> Database:
+        """The logical database this pool serves."""
+        return self._database
+
+    @property
+    def config(self) -> PoolConfig:
+        """The pool settings in force."""
+        return self._config
+
+    @property
+    def state(self) -> PoolState:
+        """Where the pool is in its lifecycle."""
+        return self._state
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server (never the credentials)."""
+        return self._address
+
+    def __repr__(self) -> str:
+        return (
+            f"<DatabasePool {self._database.value} {redact_dsn(self._dsn)} "
+            f"{self._state.value} size={self._config.min_size}..{self._config.max_size}>"
+        )
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect ``min_size`` connections.
+
+        Raises ``DatabaseUnavailableError`` when the server cannot be reached
+        (nothing stays open then), ``PoolClosedError`` when called twice.
+        """
+        if self._state is not PoolState.NEW:
+            raise PoolClosedError(
+                f"the {self._database.value} pool was already opened ({self._state.value}); "
+                "create a new DatabasePool instead of reopening one",
+                database=self._database.value,
+            )
+        self._state = PoolState.OPENING
+        config = self._config
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=config.min_size,
+                max_size=config.max_size,
+                max_queries=config.max_queries,
+                max_inactive_connection_lifetime=config.max_inactive_lifetime,
+                command_timeout=config.command_timeout,
+                timeout=config.connect_timeout,
+                statement_cache_size=config.statement_cache_size,
+                server_settings={"application_name": config.application_name},
+                init=self._on_connect,
+                reset=_keep_session,
+            )
+        except BaseException as exc:
+            self._state = PoolState.CLOSED
+            error = translate_error(exc, self._database, f"opening a pool to {self._address}")
+            if isinstance(exc, TimeoutError):
+                error = DatabaseUnavailableError(
+                    f"the {self._database.value} database at {self._address} did not answer "
+                    f"within the connect timeout of {config.connect_timeout:g}s",
+                    database=self._database.value,
+                )
+            if error is exc:
+                raise
+            raise error from exc
+        self._pool = pool
+        self._state = PoolState.OPEN
+        logger.debug("opened %r", self)
+
+    async def close(self, timeout: float | None = 10.0) -> None:
+        """Close every connection; in-use ones are waited for up to ``timeout`` s.
+
+        Connections still in use after ``timeout`` are terminated. Closing a
+        closed pool does nothing.
+        """
+        if self._state in (PoolState.CLOSED, PoolState.CLOSING):
+            return
+        pool, self._pool = self._pool, None
+        self._state = PoolState.CLOSING
+        try:
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), timeout)
+                except TimeoutError:
+                    logger.warning(
+                        "the %s pool did not close within %.1fs: connections still in use "
+                        "were terminated",
+                        self._database.value,
+                        timeout,
+                    )
+                    pool.terminate()
+                except BaseException:
+                    pool.terminate()
+                    raise
+        finally:
+            self._state = PoolState.CLOSED
+            self._birth.clear()
+            logger.debug("closed %r", self)
+
+    async def __aenter__(self) -> DatabasePool:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- leases --------------------------------------------------------------
+
+    async def _on_connect(self, connection: asyncpg.Connection[asyncpg.Record]) -> None:
+        self._birth[connection.get_server_pid()] = time.monotonic()
+        self._stats["connections_opened"] += 1
+
+    def _closed_error(self) -> PoolClosedError:
+        if self._state is PoolState.NEW or self._state is PoolState.OPENING:
+            what = "has not been opened yet; start the container's resources first"
+        else:
+            what = "is closed; get a new client after starting the container again"
+        return PoolClosedError(
+            f"the {self._database.value} database pool {what} "
+            "(wellwon_db.start_databases(container))",
+            database=self._database.value,
+        )
+
+    async def acquire_connection(self) -> Connection:
+        """Take a connection; hand it back with :meth:`release_connection`.
+
+        Raises ``PoolTimeoutError`` after the acquire timeout,
+        ``DatabaseUnavailableError`` when a new connection cannot be made,
+        ``PoolClosedError`` when the pool is not open.
+        """
+        pool = self._pool
+        if pool is None:
+            raise self._closed_error()
+        timeout = self._config.timeout
+        self._waiting += 1
+        started = time.monotonic()
+        try:
+            connection = await pool.acquire(timeout=timeout)
+        except TimeoutError as exc:
+            waiters = self._waiting
+            if time.monotonic() - started < timeout * 0.99:
+                # asyncpg's own connect timeout fired before ours.
+                raise DatabaseUnavailableError(
+                    f"the {self._database.value} database at {self._address} did not answer "
+                    f"within the connect timeout of {self._config.connect_timeout:g}s",
+                    database=self._database.value,
+                ) from exc
+            self._stats["timeouts"] += 1
+            raise PoolTimeoutError(
+                f"no connection to the {self._database.value} database within {timeout:g}s: "
+                f"all {self._config.max_size} connections in use, {waiters} tasks waiting "
+                "(raise PG_*POOL_MAX_SIZE or PG_*POOL_TIMEOUT_SEC, or hold connections "
+                "for shorter)",
+                database=self._database.value,
+                max_size=self._config.max_size,
+                waiters=waiters,
+                timeout=timeout,
+            ) from exc
+        except asyncpg.InterfaceError as exc:
+            if self._pool is None:
+                raise self._closed_error() from exc
+            raise
+        except BaseException as exc:
+            error = translate_error(exc, self._database, "acquiring a connection")
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            self._waiting -= 1
+        self._stats["acquired"] += 1
+        return connection
+
+    async def release_connection(
+        self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
+    ) -> None:
+        """Return ``connection``, first undoing what ``effect`` says it left behind.
+
+        A connection older than ``max_lifetime``, or one that a statement
+        made unfit for reuse, is closed instead; the pool opens a new one when
+        needed. A connection that fails its reset is terminated.
+        """
+        pool = self._pool
+        try:
+            if effect is SessionEffect.DISCARD or connection.is_closed() or self._expired(
+                connection
+            ):
+                await self._retire(connection)
+            elif effect or self._always_reset:
+                self._stats["resets"] += 1
+                await connection.reset(timeout=self._config.command_timeout)
+        except asyncpg.InterfaceError:
+            # Already detached: the connection died and asyncpg took it back.
+            pass
+        except BaseException:
+            self._forget(connection)
+            connection.terminate()
+            raise
+        finally:
+            if pool is not None:
+                await pool.release(connection)
+
+    def _expired(self, connection: Connection) -> bool:
+        if not self._max_lifetime:
+            return False
+        born = self._birth.get(connection.get_server_pid())
+        return born is not None and time.monotonic() - born > self._max_lifetime
+
+    def _forget(self, connection: Connection) -> None:
+        try:
+            self._birth.pop(connection.get_server_pid(), None)
+        except asyncpg.InterfaceError:
+            pass
+
+    async def _retire(self, connection: Connection) -> None:
+        self._stats["connections_retired"] += 1
+        self._forget(connection)
+        await connection.close(timeout=self._config.command_timeout)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Connection]:
+        """A raw connection for the block; fully reset when it comes back.
+
+        The connection is asyncpg's; anything may be done with it, so its
+        session is always reset on release.
+        """
+        connection = await self.acquire_connection()
+        try:
+            yield connection
+        finally:
+            await self.release_connection(connection, SessionEffect.RESET)
+
+    # -- stats ---------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        """A snapshot with stable keys, for telemetry and health.
+
+        ``size``/``idle``/``in_use``/``waiting`` are current counts;
+        ``acquired``, ``timeouts``, ``connections_opened``,
+        ``connections_retired`` and ``resets`` count since open.
+        """
+        pool = self._pool
+        size = pool.get_size() if pool is not None else 0
+        idle = pool.get_idle_size() if pool is not None else 0
+        return {
+            "database": self._database.value,
+            "state": self._state.value,
+            "min_size": self._config.min_size,
+            "max_size": self._config.max_size,
+            "size": size,
+            "idle": idle,
+            "in_use": size - idle,
+            "waiting": self._waiting,
+            **self._stats,
+        }
+
+
+class PoolSlot:
+    """The stable place where a database's current pool lives.
+
+    Clients hold the slot, not the pool: when the container stops and starts
+    again, the same clients reach the new pool. ``pool`` is ``None`` while no
+    pool is open.
+    """
+
+    __slots__ = ("database", "pool")
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.pool: DatabasePool | None = None
+
+    def __repr__(self) -> str:
+        return f"<PoolSlot {self.database.value} {self.pool!r}>"
+
+    def get(self) -> DatabasePool:
+        """The open pool; ``PoolClosedError`` saying how to start it when there is none."""
+        pool = self.pool
+        if pool is None:
+            raise PoolClosedError(
+                f"the {self.database.value} database pool is not open: start it with "
+                "`await wellwon_db.start_databases(container)` (or `database_lifespan`) "
+                "before using the client; after stop_databases() the client works again "
+                "once the pools are started",
+                database=self.database.value,
+            )
+        return pool

@@ -1,0 +1,97 @@
+"""The exceptions wellwon_db raises of its own.
+
+The tree::
+
+    WellwonDBError
+     ├── ConfigurationError          (also a RuntimeError) a setting is missing or wrong
+     ├── PoolClosedError             (also a RuntimeError) a client or pool used after close
+     ├── PoolTimeoutError            (also a TimeoutError) no connection within the acquire timeout
+     └── DatabaseUnavailableError    the database cannot be reached
+          └── CircuitOpenError       the breaker is open; raised without touching the network
+
+PostgreSQL's own errors (unique violation, syntax error, serialization
+failure, ...) reach the caller unchanged as ``asyncpg.PostgresError``
+subclasses: application code already catches those. Connection-level failures
+(refused, reset, timed out, server shutting down) are translated into
+:class:`DatabaseUnavailableError` in exactly one place, ``_pool.py``, and
+raised ``from`` the original error.
+
+No message ever contains a DSN password: errors name the database, host,
+port and the environment variable to fix, nothing more.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "PoolClosedError",
+    "PoolTimeoutError",
+    "WellwonDBError",
+]
+
+
+class WellwonDBError(Exception):
+    """Root of every exception wellwon_db raises of its own."""
+
+
+class ConfigurationError(WellwonDBError, RuntimeError):
+    """A setting is missing or invalid.
+
+    Also a ``RuntimeError``, since code written against the original
+    ``pg_client`` catches that. The message names the environment variable to
+    set or fix; ``env_var`` holds it when there is exactly one.
+    """
+
+    def __init__(self, message: str, *, env_var: str | None = None) -> None:
+        super().__init__(message)
+        self.env_var = env_var
+
+
+class PoolClosedError(WellwonDBError, RuntimeError):
+    """A pool, or a client bound to it, was used before it was opened or after it closed."""
+
+    def __init__(self, message: str, *, database: str) -> None:
+        super().__init__(message)
+        self.database = database
+
+
+class DatabaseUnavailableError(WellwonDBError):
+    """The database cannot be reached: refused, reset, timed out or shutting down.
+
+    ``database`` is the logical database name (``"main"``, ``"reference"``).
+    """
+
+    def __init__(self, message: str, *, database: str) -> None:
+        super().__init__(message)
+        self.database = database
+
+
+class CircuitOpenError(DatabaseUnavailableError):
+    """The database's circuit breaker is open; the call did not touch the network.
+
+    ``retry_at`` is the ``time.monotonic()`` instant of the next probe, when known.
+    """
+
+    def __init__(self, message: str, *, database: str, retry_at: float | None = None) -> None:
+        super().__init__(message, database=database)
+        self.retry_at = retry_at
+
+
+class PoolTimeoutError(WellwonDBError, TimeoutError):
+    """No connection became free within the acquire timeout.
+
+    Carries ``database``, ``max_size`` (the pool's bound), ``waiters`` (tasks
+    waiting at the moment of the timeout, this one included) and ``timeout``
+    (seconds).
+    """
+
+    def __init__(
+        self, message: str, *, database: str, max_size: int, waiters: int, timeout: float
+    ) -> None:
+        super().__init__(message)
+        self.database = database
+        self.max_size = max_size
+        self.waiters = waiters
+        self.timeout = timeout

