@@ -10,7 +10,7 @@ PostgreSQL errors reach the caller unchanged.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import asyncpg
@@ -120,7 +120,9 @@ class DatabaseClient:
         self._database = slot.database
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._slot.pool or self._database.value + ' (not open)'!r}>"
+        return (
+            f"<{type(self).__name__} {self._slot.pool or self._database.value + ' (not open)'!r}>"
+        )
 
     @property
     def database(self) -> Database:
@@ -189,7 +191,7 @@ class DatabaseClient:
         isolation: IsolationLevel | None = None,
         readonly: bool = False,
         deferrable: bool = False,
-    ) -> Transaction:
+    ) -> AbstractAsyncContextManager[TransactionScope]:
         """A transaction on one connection for the ``async with`` block.
 
         Commits when the block ends normally, rolls back when it raises.
@@ -198,11 +200,9 @@ class DatabaseClient:
         """
         return Transaction(self._slot, isolation, readonly, deferrable)
 
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Connection]:
+    def acquire(self) -> AbstractAsyncContextManager[Connection]:
         """A raw asyncpg connection for the block; its session is reset afterwards."""
-        async with self._slot.get().acquire() as connection:
-            yield connection
+        return self._slot.get().acquire()
 
 
 class MainDB(DatabaseClient):
@@ -337,7 +337,8 @@ class Transaction:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
         connection, pool = self._connection, self._pool
-        assert connection is not None and pool is not None, "__aexit__ without __aenter__"
+        if connection is None or pool is None:
+            raise RuntimeError("Transaction.__aexit__ called without __aenter__")
         try:
             await self._tx.__aexit__(exc_type, exc, tb)
         except BaseException as error:

@@ -108,12 +108,11 @@ async def resolve(provider: providers.Provider[_T]) -> _T:
 
 
 def _pool_resources(container: containers.Container) -> list[providers.Resource[Any]]:
-    found = [
+    return [
         provider
         for provider in container.traverse(types=[providers.Resource])
         if isinstance(provider, providers.Resource)
     ]
-    return found
 
 
 async def _maybe_await(value: object) -> None:

@@ -8,6 +8,7 @@ through unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -300,8 +301,10 @@ class DatabasePool:
         """
         pool = self._pool
         try:
-            if effect is SessionEffect.DISCARD or connection.is_closed() or self._expired(
-                connection
+            if (
+                effect is SessionEffect.DISCARD
+                or connection.is_closed()
+                or self._expired(connection)
             ):
                 await self._retire(connection)
             elif effect or self._always_reset:
@@ -325,10 +328,8 @@ class DatabasePool:
         return born is not None and time.monotonic() - born > self._max_lifetime
 
     def _forget(self, connection: Connection) -> None:
-        try:
+        with contextlib.suppress(asyncpg.InterfaceError):
             self._birth.pop(connection.get_server_pid(), None)
-        except asyncpg.InterfaceError:
-            pass
 
     async def _retire(self, connection: Connection) -> None:
         self._stats["connections_retired"] += 1

@@ -39,7 +39,8 @@ class SessionEffect(IntEnum):
 _START = r"(?:^|;)(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
 _RESET_STATEMENTS = re.compile(
     _START
-    + r"(?:SET|RESET|LISTEN|DECLARE|DO|CALL|LOAD|CREATE\s+(?:GLOBAL\s+|LOCAL\s+)?TEMP(?:ORARY)?)\b",
+    + r"(?:SET|RESET|LISTEN|DECLARE|DO|CALL|LOAD"
+    + r"|CREATE\s+(?:GLOBAL\s+|LOCAL\s+)?TEMP(?:ORARY)?)\b",
     re.IGNORECASE | re.DOTALL,
 )
 _RESET_ANYWHERE = re.compile(

@@ -135,7 +135,10 @@ class DatabaseSettings(BaseSettings):
 
     @_model_validator(mode="after")
     def _check(self) -> DatabaseSettings:
-        if self.pool_min_size > self.pool_max_size and "pool_min_size" not in self.model_fields_set:
+        if (
+            self.pool_min_size > self.pool_max_size
+            and "pool_min_size" not in self.model_fields_set
+        ):
             # Only the maximum was set: the default minimum follows it down.
             object.__setattr__(self, "pool_min_size", self.pool_max_size)
         if self.pool_min_size > self.pool_max_size:
@@ -409,9 +412,9 @@ def _check_unknown_variables(environ: Mapping[str, str]) -> None:
         if name in known:
             continue
         pool_match = _POOL_VAR.match(name)
-        dsn_match = _DSN_VAR.match(name)
-        db = (pool_match or dsn_match).group("db") if (pool_match or dsn_match) else None
-        if (pool_match or dsn_match) and db is not None and db not in db_names:
+        match = pool_match or _DSN_VAR.match(name)
+        db = match.group("db") if match else None
+        if db is not None and db not in db_names:
             known_list = ", ".join(sorted(d.value for d in Database))
             problems.append(
                 f"  {name}: unknown database {db.lower()!r} (known databases: {known_list})"

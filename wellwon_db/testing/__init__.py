@@ -1,5 +1,42 @@
-"""Testing support: fake clients, container overrides, throwaway PostgreSQL servers."""
+"""Testing support: fake clients, container overrides, throwaway PostgreSQL servers.
 
-from wellwon_db.testing._server import PostgresNotFoundError, PostgresServer, find_postgres_bindir
+* :func:`override_with_fakes` puts :class:`FakeMainDB`/:class:`FakeReferenceDB`
+  in a container and keeps every pool closed.
+* :class:`PostgresServer` starts a real, throwaway PostgreSQL server.
+* ``pytest_plugins = ["wellwon_db.testing.pytest_plugin"]`` gives fixtures
+  for both.
+"""
 
-__all__ = ["PostgresNotFoundError", "PostgresServer", "find_postgres_bindir"]
+from wellwon_db.testing._fakes import (
+    FakeCall,
+    FakeDatabaseClient,
+    FakeDatabases,
+    FakeMainDB,
+    FakeRecord,
+    FakeReferenceDB,
+    FakeTransactionScope,
+    UnscriptedQueryError,
+    override_with_fakes,
+)
+from wellwon_db.testing._server import (
+    PostgresNotFoundError,
+    PostgresServer,
+    find_postgres_bindir,
+    run_sync,
+)
+
+__all__ = [
+    "FakeCall",
+    "FakeDatabaseClient",
+    "FakeDatabases",
+    "FakeMainDB",
+    "FakeRecord",
+    "FakeReferenceDB",
+    "FakeTransactionScope",
+    "PostgresNotFoundError",
+    "PostgresServer",
+    "UnscriptedQueryError",
+    "find_postgres_bindir",
+    "override_with_fakes",
+    "run_sync",
+]

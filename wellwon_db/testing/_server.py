@@ -100,7 +100,7 @@ def _reachable_by_others(path: Path) -> bool:
 
 
 def _usable_bindir(bindir: Path, account: pwd.struct_passwd | None) -> Path:
-    """``bindir``, or a world-readable copy of its installation when the account cannot reach it."""
+    """``bindir``, or a world-readable copy of its installation if ``account`` can't reach it."""
     if account is None or _reachable_by_others(bindir):
         return bindir
     install = bindir.parent
@@ -234,7 +234,9 @@ class PostgresServer:
         """The server's log."""
         return self.data_dir.parent / "server.log"
 
-    def dsn(self, database: str = "postgres", *, user: str = "postgres", password: str = "") -> str:
+    def dsn(
+        self, database: str = "postgres", *, user: str = "postgres", password: str = ""
+    ) -> str:
         """A DSN for ``database`` on this server."""
         auth = f"{user}:{password}" if password else user
         return f"postgresql://{auth}@{self.host}:{self.port}/{database}"

@@ -1,0 +1,7 @@
+"""``python -m wellwon_db``: the ``wellwon-db`` command."""
+
+import sys
+
+from wellwon_db._cli import main
+
+sys.exit(main())
