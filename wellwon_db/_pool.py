@@ -75,6 +75,14 @@ def _safe_message(exc: BaseException) -> str:
     return str(exc).replace("\n", " ")[:300] or "no detail"
 
 
+#: What a reset undoes: everything DISCARD ALL does except deallocating
+#: prepared statements, which asyncpg's statement cache relies on.
+RESET_SQL: Final = (
+    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; "
+    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+
 async def _keep_session(connection: object) -> None:
     """asyncpg ``reset`` hook: the lease already reset what needed it."""
 
@@ -307,9 +315,9 @@ class DatabasePool:
                 or self._expired(connection)
             ):
                 await self._retire(connection)
-            elif effect or self._always_reset:
+            elif effect or self._always_reset or connection.is_in_transaction():
                 self._stats["resets"] += 1
-                await connection.reset(timeout=self._config.command_timeout)
+                await self._reset(connection)
         except asyncpg.InterfaceError:
             # Already detached: the connection died and asyncpg took it back.
             pass
@@ -320,6 +328,12 @@ class DatabasePool:
         finally:
             if pool is not None:
                 await pool.release(connection)
+
+    async def _reset(self, connection: Connection) -> None:
+        async with asyncio.timeout(self._config.command_timeout):
+            if connection.is_in_transaction():
+                await connection.execute("ROLLBACK")
+            await connection.execute(RESET_SQL)
 
     def _expired(self, connection: Connection) -> bool:
         if not self._max_lifetime:

@@ -1,0 +1,268 @@
+"""Settings: env naming per database, defaults, validation, secrets (pure logic, no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wellwon_db import (
+    ConfigurationError,
+    Database,
+    PoolConfig,
+    PostgresConfig,
+    get_postgres_config,
+)
+from wellwon_db._settings import (
+    SETTINGS_CLASSES,
+    MainDatabaseSettings,
+    ReferenceDatabaseSettings,
+    env_var_name,
+    redact_dsn,
+)
+
+MAIN_DSN = "postgresql://app:hunter2@db-main:5432/app"
+REF_DSN = "postgresql://ref:swordfish@db-ref:5433/ref"
+
+# (field, main variable, reference variable, a valid non-default value)
+PER_DATABASE = [
+    ("dsn", "POSTGRES_DSN", "POSTGRES_REFERENCE_DSN", "postgresql://u@h:1/other"),
+    ("pool_min_size", "PG_POOL_MIN_SIZE", "PG_REFERENCE_POOL_MIN_SIZE", "3"),
+    ("pool_max_size", "PG_POOL_MAX_SIZE", "PG_REFERENCE_POOL_MAX_SIZE", "17"),
+    ("pool_timeout_sec", "PG_POOL_TIMEOUT_SEC", "PG_REFERENCE_POOL_TIMEOUT_SEC", "2.5"),
+    (
+        "pool_command_timeout_sec",
+        "PG_COMMAND_TIMEOUT_SEC",
+        "PG_REFERENCE_POOL_COMMAND_TIMEOUT_SEC",
+        "7",
+    ),
+    (
+        "pool_connect_timeout_sec",
+        "PG_POOL_CONNECT_TIMEOUT_SEC",
+        "PG_REFERENCE_POOL_CONNECT_TIMEOUT_SEC",
+        "4",
+    ),
+    (
+        "pool_max_inactive_lifetime_sec",
+        "PG_POOL_MAX_INACTIVE_LIFETIME_SEC",
+        "PG_REFERENCE_POOL_MAX_INACTIVE_LIFETIME_SEC",
+        "12",
+    ),
+    (
+        "pool_max_lifetime_sec",
+        "PG_POOL_MAX_LIFETIME_SEC",
+        "PG_REFERENCE_POOL_MAX_LIFETIME_SEC",
+        "99",
+    ),
+    ("pool_max_queries", "PG_POOL_MAX_QUERIES", "PG_REFERENCE_POOL_MAX_QUERIES", "1000"),
+    (
+        "pool_statement_cache_size",
+        "PG_POOL_STATEMENT_CACHE_SIZE",
+        "PG_REFERENCE_POOL_STATEMENT_CACHE_SIZE",
+        "0",
+    ),
+    (
+        "pool_application_name",
+        "PG_POOL_APPLICATION_NAME",
+        "PG_REFERENCE_POOL_APPLICATION_NAME",
+        "billing",
+    ),
+    ("pool_reset", "PG_POOL_RESET", "PG_REFERENCE_POOL_RESET", "always"),
+]
+
+
+def _value(config: PostgresConfig, database: Database, field: str) -> object:
+    value = getattr(config.settings_for(database), field)
+    return value.get_secret_value() if field == "dsn" and value is not None else value
+
+
+def test_contract_env_names() -> None:
+    assert [env_var_name(MainDatabaseSettings, f) for f, *_ in PER_DATABASE] == [
+        main for _, main, *_ in PER_DATABASE
+    ]
+    assert [env_var_name(ReferenceDatabaseSettings, f) for f, *_ in PER_DATABASE] == [
+        ref for _, _, ref, _ in PER_DATABASE
+    ]
+
+
+def test_every_field_is_covered_and_documented() -> None:
+    fields = {field for field, *_ in PER_DATABASE}
+    for settings_class in SETTINGS_CLASSES.values():
+        assert set(settings_class.model_fields) == fields
+        for name, info in settings_class.model_fields.items():
+            assert info.description, f"{settings_class.__name__}.{name} has no description"
+
+
+def test_defaults() -> None:
+    config = PostgresConfig.load()
+    for database in Database:
+        pool = config.get_pool_config(database)
+        assert (pool.min_size, pool.max_size) == (10, 50)
+        assert pool.application_name == f"wellwon_db:{database.value}"
+        assert pool.reset == "smart"
+
+
+@pytest.mark.parametrize(("field", "main_var", "ref_var", "value"), PER_DATABASE)
+def test_each_variable_changes_only_its_own_database(
+    monkeypatch: pytest.MonkeyPatch, field: str, main_var: str, ref_var: str, value: str
+) -> None:
+    """Regression (bug 3): per-database overrides were ignored or applied to the wrong one."""
+    baseline = PostgresConfig.load()
+    for var, changed, untouched in (
+        (main_var, Database.MAIN, Database.REFERENCE),
+        (ref_var, Database.REFERENCE, Database.MAIN),
+    ):
+        monkeypatch.setenv(var, value)
+        config = PostgresConfig.load()
+        got = _value(config, changed, field)
+        assert got != _value(baseline, changed, field)
+        assert got == (value if isinstance(got, str) else type(got)(value))
+        assert _value(config, untouched, field) == _value(baseline, untouched, field)
+        monkeypatch.delenv(var)
+
+
+def test_reference_pool_config_is_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (bug 2): the reference pool was built from the main pool's settings."""
+    monkeypatch.setenv("PG_POOL_MIN_SIZE", "5")
+    monkeypatch.setenv("PG_POOL_MAX_SIZE", "40")
+    monkeypatch.setenv("PG_COMMAND_TIMEOUT_SEC", "30")
+    monkeypatch.setenv("PG_REFERENCE_POOL_MIN_SIZE", "1")
+    monkeypatch.setenv("PG_REFERENCE_POOL_MAX_SIZE", "4")
+    monkeypatch.setenv("PG_REFERENCE_POOL_TIMEOUT_SEC", "3")
+    reference = get_postgres_config().get_pool_config(Database.REFERENCE)
+    main = get_postgres_config().get_pool_config(Database.MAIN)
+    assert (reference.min_size, reference.max_size, reference.timeout) == (1, 4, 3.0)
+    assert reference.command_timeout == 60.0
+    assert (main.min_size, main.max_size, main.command_timeout) == (5, 40, 30.0)
+    assert isinstance(reference, PoolConfig)
+    assert reference.database is Database.REFERENCE
+
+
+def test_dsn_per_database_never_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRES_DSN", MAIN_DSN)
+    config = PostgresConfig.load()
+    assert config.get_dsn(Database.MAIN) == MAIN_DSN
+    with pytest.raises(ConfigurationError, match="POSTGRES_REFERENCE_DSN") as caught:
+        config.get_dsn(Database.REFERENCE)
+    assert caught.value.env_var == "POSTGRES_REFERENCE_DSN"
+    monkeypatch.setenv("POSTGRES_REFERENCE_DSN", REF_DSN)
+    assert PostgresConfig.load().get_dsn("reference") == REF_DSN
+
+
+def test_main_command_timeout_pattern_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PG_POOL_COMMAND_TIMEOUT_SEC", "9")
+    assert PostgresConfig.load().get_pool_config(Database.MAIN).command_timeout == 9.0
+    monkeypatch.setenv("PG_COMMAND_TIMEOUT_SEC", "8")  # the contract name wins
+    assert PostgresConfig.load().get_pool_config(Database.MAIN).command_timeout == 8.0
+
+
+def test_max_alone_pulls_default_min_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PG_REFERENCE_POOL_MAX_SIZE", "4")
+    pool = PostgresConfig.load().get_pool_config(Database.REFERENCE)
+    assert (pool.min_size, pool.max_size) == (4, 4)
+
+
+def test_env_file_is_read_and_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env_file = tmp_path / "custom.env"
+    env_file.write_text(
+        f"POSTGRES_REFERENCE_DSN={REF_DSN}\nPG_REFERENCE_POOL_MAX_SIZE=6\nPG_POOL_MAX_SIZE=9\n"
+    )
+    monkeypatch.setenv("PG_POOL_MAX_SIZE", "11")
+    config = PostgresConfig.load(env_file=env_file)
+    assert config.get_dsn(Database.REFERENCE) == REF_DSN
+    assert config.get_pool_config(Database.REFERENCE).max_size == 6
+    assert config.get_pool_config(Database.MAIN).max_size == 11
+
+
+def test_dot_env_in_working_directory(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PG_REFERENCE_POOL_MIN_SIZE=2\n")
+    assert get_postgres_config().get_pool_config(Database.REFERENCE).min_size == 2
+    assert get_postgres_config().get_pool_config(Database.MAIN).min_size == 10
+
+
+def test_get_postgres_config_is_cached_and_reloadable(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = get_postgres_config()
+    assert get_postgres_config() is first
+    monkeypatch.setenv("PG_POOL_MAX_SIZE", "12")
+    assert get_postgres_config().get_pool_config("main").max_size == 50
+    get_postgres_config.cache_clear()
+    assert get_postgres_config().get_pool_config("main").max_size == 12
+
+
+BAD_SETTINGS = [
+    ({"PG_POOL_MIN_SIZE": "20", "PG_POOL_MAX_SIZE": "10"}, "PG_POOL_MIN_SIZE"),
+    (
+        {"PG_REFERENCE_POOL_MIN_SIZE": "9", "PG_REFERENCE_POOL_MAX_SIZE": "3"},
+        "PG_REFERENCE_POOL_MIN_SIZE",
+    ),
+    ({"PG_POOL_MAX_SIZE": "0"}, "PG_POOL_MAX_SIZE"),
+    ({"PG_REFERENCE_POOL_MIN_SIZE": "-1"}, "PG_REFERENCE_POOL_MIN_SIZE"),
+    ({"PG_POOL_MAX_SIZE": "lots"}, "PG_POOL_MAX_SIZE"),
+    ({"PG_POOL_TIMEOUT_SEC": "0"}, "PG_POOL_TIMEOUT_SEC"),
+    ({"PG_REFERENCE_POOL_TIMEOUT_SEC": "-3"}, "PG_REFERENCE_POOL_TIMEOUT_SEC"),
+    ({"PG_COMMAND_TIMEOUT_SEC": "0"}, "PG_COMMAND_TIMEOUT_SEC"),
+    ({"PG_REFERENCE_POOL_COMMAND_TIMEOUT_SEC": "1e9"}, "PG_REFERENCE_POOL_COMMAND_TIMEOUT_SEC"),
+    ({"PG_POOL_CONNECT_TIMEOUT_SEC": "abc"}, "PG_POOL_CONNECT_TIMEOUT_SEC"),
+    ({"PG_REFERENCE_POOL_RESET": "sometimes"}, "PG_REFERENCE_POOL_RESET"),
+    ({"PG_POOL_APPLICATION_NAME": "x" * 64}, "PG_POOL_APPLICATION_NAME"),
+    ({"POSTGRES_DSN": "mysql://app:hunter2@h/db"}, "POSTGRES_DSN"),
+    ({"POSTGRES_REFERENCE_DSN": "db-ref:5432"}, "POSTGRES_REFERENCE_DSN"),
+    ({"POSTGRES_REFERENCE_DSN": "postgresql://u:hunter2@h:70000/db"}, "POSTGRES_REFERENCE_DSN"),
+    ({"PG_REFRENCE_POOL_MAX_SIZE": "5"}, "PG_REFRENCE_POOL_MAX_SIZE"),
+    ({"POSTGRES_REPLICA_DSN": MAIN_DSN}, "POSTGRES_REPLICA_DSN"),
+    ({"PG_POOL_MAX_SZE": "5"}, "PG_POOL_MAX_SIZE"),
+    ({"PG_REFERENCE_POOL_MINSIZE": "5"}, "PG_REFERENCE_POOL_MIN_SIZE"),
+]
+
+
+@pytest.mark.parametrize(("env", "named"), BAD_SETTINGS)
+def test_bad_settings_fail_at_load_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigurationError) as caught:
+        PostgresConfig.load()
+    message = str(caught.value)
+    assert named in message
+    assert isinstance(caught.value, RuntimeError)
+    for secret in ("hunter2", "swordfish"):
+        assert secret not in message
+        assert secret not in repr(caught.value)
+
+
+def test_bad_setting_in_env_file_names_the_variable(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("PG_REFERENCE_POOL_MAX_SIZE=-2\n")
+    with pytest.raises(ConfigurationError, match="PG_REFERENCE_POOL_MAX_SIZE"):
+        get_postgres_config()
+
+
+def test_unknown_database_name() -> None:
+    config = PostgresConfig.load()
+    with pytest.raises(ConfigurationError, match=r"unknown database 'replica'.*main, reference"):
+        config.get_pool_config("replica")
+    with pytest.raises(ConfigurationError, match="unknown database"):
+        config.get_dsn("")
+
+
+def test_unrelated_postgres_variables_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Docker images and libpq tools use these; they are not ours to reject.
+    for name in ("POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "PG_COLOR", "PGHOST"):
+        monkeypatch.setenv(name, "x")
+    assert PostgresConfig.load().get_pool_config(Database.MAIN).max_size == 50
+
+
+def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTGRES_DSN", MAIN_DSN)
+    monkeypatch.setenv("POSTGRES_REFERENCE_DSN", REF_DSN)
+    config = PostgresConfig.load()
+    for text in (repr(config), str(config), repr(config.main), config.model_dump_json()):
+        assert "hunter2" not in text
+        assert "swordfish" not in text
+    assert redact_dsn(MAIN_DSN) == "postgresql://app:***@db-main:5432/app"
+    assert redact_dsn("postgresql://h/db?password=hunter2&sslmode=require") == (
+        "postgresql://h/db?password=***&sslmode=require"
+    )
+    assert redact_dsn("postgresql://app@h/db") == "postgresql://app@h/db"
