@@ -78,7 +78,8 @@ async def _client(database: Database | str) -> DatabaseClient:
 
 
 async def close_pools() -> None:
-    """Close every pool the module-level functions opened."""
+    """Close every pool the module-level functions opened; the next call reopens them."""
+    _locks.clear()
     if _container is not None:
         await stop_databases(_container)
 

@@ -81,7 +81,7 @@ class DatabaseContainer(containers.DeclarativeContainer):
     ``Closing[...]`` on a client cannot shut the shared pool down.
     """
 
-    config = providers.Singleton(get_postgres_config)
+    config = providers.Callable(get_postgres_config)
 
     main_slot = providers.Singleton(PoolSlot, Database.MAIN)
     reference_slot = providers.Singleton(PoolSlot, Database.REFERENCE)

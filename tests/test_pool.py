@@ -1,0 +1,177 @@
+"""DatabasePool: lifecycle, acquire timeout, unreachable servers, lifetimes, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from tests.helpers import SECRET, Servers, count_connections, wait_until
+from wellwon_db import (
+    Database,
+    DatabasePool,
+    DatabaseUnavailableError,
+    PoolClosedError,
+    PoolConfig,
+    PoolState,
+    PoolTimeoutError,
+    PostgresConfig,
+)
+
+
+def _config(database: Database = Database.MAIN, **overrides: object) -> PoolConfig:
+    base = PostgresConfig.load(env_file=None).get_pool_config(database)
+    values = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides}
+    return PoolConfig(**values)  # type: ignore[arg-type]
+
+
+async def test_lifecycle_states(db_env: Servers) -> None:
+    pool = DatabasePool(Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=2))
+    assert pool.state is PoolState.NEW
+    with pytest.raises(PoolClosedError, match="not been opened"):
+        await pool.acquire_connection()
+    async with pool:
+        assert pool.state is PoolState.OPEN
+        with pytest.raises(PoolClosedError, match="already opened"):
+            await pool.open()
+        connection = await pool.acquire_connection()
+        assert await connection.fetchval("SELECT 1") == 1
+        await pool.release_connection(connection)
+    assert pool.state is PoolState.CLOSED
+    with pytest.raises(PoolClosedError, match="is closed"):
+        await pool.acquire_connection()
+    await pool.close()  # idempotent
+
+
+def test_repr_and_errors_hide_the_password(db_env: Servers) -> None:
+    pool = DatabasePool(Database.MAIN, db_env.main_dsn, _config())
+    assert SECRET not in repr(pool)
+    assert "***" in repr(pool)
+    assert pool.address == f"127.0.0.1:{db_env.main.port}"
+    with pytest.raises(ValueError, match="reference database given for the main"):
+        DatabasePool(Database.MAIN, db_env.main_dsn, _config(Database.REFERENCE))
+
+
+async def test_acquire_timeout_names_database_size_and_waiters(db_env: Servers) -> None:
+    pool = DatabasePool(
+        Database.REFERENCE,
+        db_env.reference_dsn,
+        _config(Database.REFERENCE, min_size=1, max_size=1, timeout=0.2),
+    )
+    async with pool:
+        held = await pool.acquire_connection()
+        results = await asyncio.gather(
+            pool.acquire_connection(), pool.acquire_connection(), return_exceptions=True
+        )
+        assert all(isinstance(r, PoolTimeoutError) for r in results)
+        error = results[0]
+        assert isinstance(error, PoolTimeoutError)
+        assert isinstance(error, TimeoutError)
+        assert (error.database, error.max_size, error.timeout) == ("reference", 1, 0.2)
+        assert error.waiters == 2
+        assert "reference" in str(error)
+        assert "1 connections in use" in str(error)
+        assert pool.get_stats()["timeouts"] == 2
+        await pool.release_connection(held)
+        # Capacity comes back once the holder releases.
+        again = await pool.acquire_connection()
+        await pool.release_connection(again)
+        assert pool.get_stats()["waiting"] == 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_unreachable_server_raises_unavailable_without_secrets() -> None:
+    dsn = f"postgresql://app:{SECRET}@127.0.0.1:{_closed_port()}/x"
+    pool = DatabasePool(Database.MAIN, dsn, _config(min_size=1, connect_timeout=2))
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        await pool.open()
+    assert caught.value.database == "main"
+    assert SECRET not in str(caught.value)
+    assert isinstance(caught.value.__cause__, OSError)
+    assert pool.state is PoolState.CLOSED
+
+
+async def test_silent_server_is_bounded_by_the_connect_timeout() -> None:
+    # A listener that accepts TCP and never answers.
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        pool = DatabasePool(
+            Database.MAIN,
+            f"postgresql://u@127.0.0.1:{port}/x",
+            _config(min_size=1, connect_timeout=0.5),
+        )
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(DatabaseUnavailableError, match="connect timeout of 0.5s"):
+            await pool.open()
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        server.close()
+
+
+async def test_max_lifetime_replaces_old_connections(db_env: Servers) -> None:
+    pool = DatabasePool(
+        Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=1, max_lifetime=0.2)
+    )
+    async with pool:
+        connection = await pool.acquire_connection()
+        first_pid = connection.get_server_pid()
+        await pool.release_connection(connection)
+
+        async def replaced() -> bool:
+            conn = await pool.acquire_connection()
+            pid = conn.get_server_pid()
+            await pool.release_connection(conn)
+            return pid != first_pid
+
+        await wait_until(replaced, timeout=5, interval=0.05)
+        assert pool.get_stats()["connections_retired"] >= 1
+
+
+async def test_application_name_and_min_size_seen_by_server(db_env: Servers) -> None:
+    config = _config(Database.REFERENCE, min_size=2, max_size=4, application_name="svc-ref")
+    async with DatabasePool(Database.REFERENCE, db_env.reference_dsn, config):
+        assert await count_connections(db_env.reference, "svc-ref") == 2
+    assert await count_connections(db_env.reference, "svc-ref") == 0
+
+
+async def test_stats_snapshot_has_stable_keys(db_env: Servers) -> None:
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, _config(min_size=1)) as pool:
+        stats = pool.get_stats()
+    assert set(stats) == {
+        "database",
+        "state",
+        "min_size",
+        "max_size",
+        "size",
+        "idle",
+        "in_use",
+        "waiting",
+        "acquired",
+        "timeouts",
+        "connections_opened",
+        "connections_retired",
+        "resets",
+    }
+    assert stats["database"] == "main"
+    assert stats["connections_opened"] == 1
+
+
+async def test_close_terminates_a_leaked_connection(db_env: Servers) -> None:
+    pool = DatabasePool(Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=1))
+    await pool.open()
+    await pool.acquire_connection()  # never released
+    await pool.close(timeout=0.3)
+    assert pool.state is PoolState.CLOSED
+
+    async def gone() -> bool:
+        return await count_connections(db_env.main, "wellwon_db:main") == 0
+
+    await wait_until(gone, timeout=5)
