@@ -166,13 +166,14 @@ async def test_client_types_are_distinct(container: DatabaseContainer) -> None:
 async def test_client_of_a_stopped_container_says_so(container: DatabaseContainer) -> None:
     main: MainDB = container.main_db()
     await stop_databases(container)
-    with pytest.raises(PoolClosedError, match="main database pool is not open.*start_databases"):
+    with pytest.raises(PoolClosedError, match=r"main database pool is not open.*start_databases"):
         await main.fetchval("SELECT 1")
     with pytest.raises(PoolClosedError):
         async with main.transaction():
             pass
     with pytest.raises(PoolClosedError):
-        main.acquire()
+        async with main.acquire():
+            pass
 
 
 async def test_concurrent_queries_share_the_pool(container: DatabaseContainer) -> None:

@@ -13,6 +13,10 @@ import wellwon_db
 import wellwon_db.testing
 
 WELLWON_DB_ALL = [
+    "BreakerConfig",
+    "BreakerState",
+    "BreakerTransition",
+    "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
     "Database",
@@ -27,6 +31,7 @@ WELLWON_DB_ALL = [
     "PoolTimeoutError",
     "PostgresConfig",
     "ReferenceDB",
+    "RetryConfig",
     "TransactionScope",
     "WellwonDBError",
     "close_pools",
@@ -69,6 +74,7 @@ CONTRACT_NAMES = [
     "DatabaseClient",
     "MainDB",
     "ReferenceDB",
+    "RetryConfig",
     "get_postgres_dsn_for_db",
     "init_pool_for_db",
     "close_pools",
@@ -185,7 +191,8 @@ def test_database_is_a_str_enum() -> None:
         ("MAIN", "main"),
         ("REFERENCE", "reference"),
     ]
-    assert Database.MAIN == "main"
+    as_text: str = Database.MAIN  # usable wherever a str is expected
+    assert as_text == "main"
     assert Database("reference") is Database.REFERENCE
     assert f"{Database.MAIN}" == "main"
 

@@ -100,7 +100,12 @@ async def test_unreachable_server_raises_unavailable_without_secrets() -> None:
 
 async def test_silent_server_is_bounded_by_the_connect_timeout() -> None:
     # A listener that accepts TCP and never answers.
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    writers: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         pool = DatabasePool(
@@ -109,11 +114,14 @@ async def test_silent_server_is_bounded_by_the_connect_timeout() -> None:
             _config(min_size=1, connect_timeout=0.5),
         )
         started = asyncio.get_running_loop().time()
-        with pytest.raises(DatabaseUnavailableError, match="connect timeout of 0.5s"):
+        with pytest.raises(DatabaseUnavailableError, match=r"connect timeout of 0\.5s"):
             await pool.open()
         assert asyncio.get_running_loop().time() - started < 5
     finally:
+        for writer in writers:
+            writer.close()
         server.close()
+        await server.wait_closed()
 
 
 async def test_max_lifetime_replaces_old_connections(db_env: Servers) -> None:

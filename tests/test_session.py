@@ -145,11 +145,6 @@ def test_statements_that_break_the_statement_cache_discard(query: str) -> None:
         "CREATE OR REPLACE TEMPORARY VIEW v AS SELECT 1",
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: _RESET_STATEMENTS expects TEMP right after CREATE, so "
-    "`CREATE OR REPLACE TEMP VIEW` is NONE and the temp view outlives the lease",
-)
 def test_create_or_replace_temp_view_needs_a_reset(query: str) -> None:
     assert session_effect(query) is SessionEffect.RESET
 
@@ -157,11 +152,6 @@ def test_create_or_replace_temp_view_needs_a_reset(query: str) -> None:
 @pytest.mark.parametrize(
     "query",
     ["SELECT 1 INTO LOCAL TEMP t", "SELECT 1 INTO GLOBAL TEMPORARY TABLE t"],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: _RESET_ANYWHERE knows INTO TEMP/TEMPORARY but not the "
-    "LOCAL/GLOBAL forms PostgreSQL's SELECT INTO grammar also accepts",
 )
 def test_select_into_local_temp_needs_a_reset(query: str) -> None:
     assert session_effect(query) is SessionEffect.RESET

@@ -68,6 +68,56 @@ PER_DATABASE = [
         "billing",
     ),
     ("pool_reset", "PG_POOL_RESET", "PG_REFERENCE_POOL_RESET", "always"),
+    ("startup_wait_sec", "PG_STARTUP_WAIT_SEC", "PG_REFERENCE_STARTUP_WAIT_SEC", "15"),
+    ("startup_required", "PG_STARTUP_REQUIRED", "PG_REFERENCE_STARTUP_REQUIRED", "false"),
+    ("breaker_enabled", "PG_BREAKER_ENABLED", "PG_REFERENCE_BREAKER_ENABLED", "false"),
+    (
+        "breaker_failure_rate",
+        "PG_BREAKER_FAILURE_RATE",
+        "PG_REFERENCE_BREAKER_FAILURE_RATE",
+        "25",
+    ),
+    ("breaker_min_calls", "PG_BREAKER_MIN_CALLS", "PG_REFERENCE_BREAKER_MIN_CALLS", "3"),
+    ("breaker_window_sec", "PG_BREAKER_WINDOW_SEC", "PG_REFERENCE_BREAKER_WINDOW_SEC", "30"),
+    (
+        "breaker_slow_call_sec",
+        "PG_BREAKER_SLOW_CALL_SEC",
+        "PG_REFERENCE_BREAKER_SLOW_CALL_SEC",
+        "2",
+    ),
+    (
+        "breaker_slow_call_rate",
+        "PG_BREAKER_SLOW_CALL_RATE",
+        "PG_REFERENCE_BREAKER_SLOW_CALL_RATE",
+        "80",
+    ),
+    ("breaker_open_sec", "PG_BREAKER_OPEN_SEC", "PG_REFERENCE_BREAKER_OPEN_SEC", "2"),
+    (
+        "breaker_open_max_sec",
+        "PG_BREAKER_OPEN_MAX_SEC",
+        "PG_REFERENCE_BREAKER_OPEN_MAX_SEC",
+        "120",
+    ),
+    (
+        "breaker_half_open_calls",
+        "PG_BREAKER_HALF_OPEN_CALLS",
+        "PG_REFERENCE_BREAKER_HALF_OPEN_CALLS",
+        "1",
+    ),
+    ("retry_attempts", "PG_RETRY_ATTEMPTS", "PG_REFERENCE_RETRY_ATTEMPTS", "5"),
+    ("retry_backoff_sec", "PG_RETRY_BACKOFF_SEC", "PG_REFERENCE_RETRY_BACKOFF_SEC", "0.2"),
+    (
+        "retry_backoff_max_sec",
+        "PG_RETRY_BACKOFF_MAX_SEC",
+        "PG_REFERENCE_RETRY_BACKOFF_MAX_SEC",
+        "5",
+    ),
+    (
+        "retry_deadline_sec",
+        "PG_RETRY_DEADLINE_SEC",
+        "PG_REFERENCE_RETRY_DEADLINE_SEC",
+        "3",
+    ),
 ]
 
 
@@ -116,7 +166,10 @@ def test_each_variable_changes_only_its_own_database(
         config = PostgresConfig.load()
         got = _value(config, changed, field)
         assert got != _value(baseline, changed, field)
-        assert got == (value if isinstance(got, str) else type(got)(value))
+        if isinstance(got, bool):
+            assert got is (value == "true")
+        else:
+            assert got == (value if isinstance(got, str) else type(got)(value))
         assert _value(config, untouched, field) == _value(baseline, untouched, field)
         monkeypatch.delenv(var)
 
@@ -214,6 +267,23 @@ BAD_SETTINGS = [
     ({"POSTGRES_REPLICA_DSN": MAIN_DSN}, "POSTGRES_REPLICA_DSN"),
     ({"PG_POOL_MAX_SZE": "5"}, "PG_POOL_MAX_SIZE"),
     ({"PG_REFERENCE_POOL_MINSIZE": "5"}, "PG_REFERENCE_POOL_MIN_SIZE"),
+    ({"PG_BREAKER_FAILURE_RATE": "0"}, "PG_BREAKER_FAILURE_RATE"),
+    ({"PG_REFERENCE_BREAKER_FAILURE_RATE": "150"}, "PG_REFERENCE_BREAKER_FAILURE_RATE"),
+    ({"PG_BREAKER_MIN_CALLS": "0"}, "PG_BREAKER_MIN_CALLS"),
+    ({"PG_REFERENCE_BREAKER_WINDOW_SEC": "0.5"}, "PG_REFERENCE_BREAKER_WINDOW_SEC"),
+    (
+        {"PG_BREAKER_OPEN_SEC": "30", "PG_BREAKER_OPEN_MAX_SEC": "10"},
+        "PG_BREAKER_OPEN_SEC",
+    ),
+    ({"PG_REFERENCE_RETRY_ATTEMPTS": "0"}, "PG_REFERENCE_RETRY_ATTEMPTS"),
+    (
+        {"PG_RETRY_BACKOFF_SEC": "3", "PG_RETRY_BACKOFF_MAX_SEC": "1"},
+        "PG_RETRY_BACKOFF_SEC",
+    ),
+    ({"PG_REFERENCE_STARTUP_REQUIRED": "maybe"}, "PG_REFERENCE_STARTUP_REQUIRED"),
+    ({"PG_STARTUP_WAIT_SEC": "-1"}, "PG_STARTUP_WAIT_SEC"),
+    ({"PG_REFERENCE_BREAKER_OPENSEC": "1"}, "PG_REFERENCE_BREAKER_OPEN_SEC"),
+    ({"PG_RETRY_ATTEMPT": "1"}, "PG_RETRY_ATTEMPTS"),
 ]
 
 

@@ -3,7 +3,8 @@
 Public names only; the implementation lives in private modules.
 """
 
-from wellwon_db._client import DatabaseClient, MainDB, ReferenceDB, TransactionScope
+from wellwon_db._breaker import BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker
+from wellwon_db._client import DatabaseClient, MainDB, ReferenceDB
 from wellwon_db._compat import (
     close_pools,
     execute_for_db,
@@ -22,7 +23,9 @@ from wellwon_db._container import (
 )
 from wellwon_db._database import Database
 from wellwon_db._pool import DatabasePool, PoolState
+from wellwon_db._retry import RetryConfig
 from wellwon_db._settings import PoolConfig, PostgresConfig, get_postgres_config
+from wellwon_db._transaction import TransactionScope
 from wellwon_db.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -35,6 +38,10 @@ from wellwon_db.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BreakerConfig",
+    "BreakerState",
+    "BreakerTransition",
+    "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
     "Database",
@@ -49,6 +56,7 @@ __all__ = [
     "PoolTimeoutError",
     "PostgresConfig",
     "ReferenceDB",
+    "RetryConfig",
     "TransactionScope",
     "WellwonDBError",
     "close_pools",

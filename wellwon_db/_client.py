@@ -1,37 +1,42 @@
-"""The query API: ``DatabaseClient``, the typed ``MainDB``/``ReferenceDB``, transactions.
+"""The query API: ``DatabaseClient`` and the typed ``MainDB``/``ReferenceDB``.
 
-Every call takes a connection from the client's own pool, runs one statement
-and hands the connection back (reset first only when the statement changed
-session state, see ``_session.py``). ``transaction()`` holds one connection
-for the block. Connection-level failures become ``DatabaseUnavailableError``;
-PostgreSQL errors reach the caller unchanged.
+Every call goes through the database's circuit breaker, takes a connection
+from its own pool, runs one statement and hands the connection back (reset
+first only when the statement changed session state, see ``_session.py``).
+Connection-level failures become ``DatabaseUnavailableError``; PostgreSQL
+errors reach the caller unchanged.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import asyncpg
 
+from wellwon_db._breaker import CircuitBreaker
 from wellwon_db._database import Database
-from wellwon_db._pool import Connection, DatabasePool, PoolSlot, translate_error
-from wellwon_db._session import SessionEffect, session_effect
+from wellwon_db._guarded import record_outcome, run_guarded
+from wellwon_db._pool import Connection, DatabasePool, PoolSlot
+from wellwon_db._session import SessionEffect
+from wellwon_db._transaction import (
+    IsolationLevel,
+    Transaction,
+    TransactionScope,
+    execute_call,
+    executemany_call,
+    fetch_call,
+    fetchrow_call,
+    run_in_transaction,
+)
 from wellwon_db.errors import ConfigurationError
 
-__all__ = [
-    "DatabaseClient",
-    "IsolationLevel",
-    "MainDB",
-    "QueryRunner",
-    "ReferenceDB",
-    "TransactionScope",
-]
+__all__ = ["DatabaseClient", "MainDB", "QueryRunner", "ReferenceDB"]
 
 _T = TypeVar("_T")
 Record = asyncpg.Record
-IsolationLevel = Literal["read_committed", "repeatable_read", "serializable"]
 
 
 class QueryRunner(Protocol):
@@ -64,33 +69,21 @@ class QueryRunner(Protocol):
         ...
 
 
-# Module-level calls so that the per-query path allocates no closures.
-def _fetch(c: Connection, q: str, a: tuple[Any, ...], t: float | None) -> Awaitable[list[Record]]:
-    return c.fetch(q, *a, timeout=t)
-
-
-def _fetchrow(c: Connection, q: str, a: tuple[Any, ...], t: float | None) -> Awaitable[Any]:
-    return c.fetchrow(q, *a, timeout=t)
-
-
-def _execute(c: Connection, q: str, a: tuple[Any, ...], t: float | None) -> Awaitable[str]:
-    return c.execute(q, *a, timeout=t)
-
-
-def _executemany(c: Connection, q: str, a: Any, t: float | None) -> Awaitable[None]:
-    return c.executemany(q, a, timeout=t)
-
-
 class DatabaseClient:
     """Queries against one database's pool.
 
-    Bind it to a :class:`DatabasePool`; the container does this. Calls raise
+    The container binds it to the database's :class:`PoolSlot`. Calls raise
+    ``CircuitOpenError`` at once while the breaker is open,
     ``PoolClosedError`` when the pool is not open, ``PoolTimeoutError`` when
     no connection frees up within the acquire timeout,
     ``DatabaseUnavailableError`` when the server cannot be reached,
     ``TimeoutError`` when a statement exceeds its timeout (the server cancels
     it), and asyncpg's ``PostgresError`` subclasses for errors of the SQL.
     ``timeout`` arguments are seconds and override the pool's command timeout.
+
+    A call that failed before reaching the server is retried per the
+    database's retry settings; ``idempotent=True`` allows retrying a call
+    whose statement may already have run.
     """
 
     #: The database a subclass is bound to; ``None`` accepts any pool.
@@ -103,6 +96,7 @@ class DatabaseClient:
         if isinstance(pool, DatabasePool):
             slot = PoolSlot(pool.database)
             slot.pool = pool
+            slot.breaker = pool.breaker
         elif isinstance(pool, PoolSlot):
             slot = pool
         else:
@@ -120,9 +114,8 @@ class DatabaseClient:
         self._database = slot.database
 
     def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} {self._slot.pool or self._database.value + ' (not open)'!r}>"
-        )
+        target = self._slot.pool or f"{self._database.value} (not open)"
+        return f"<{type(self).__name__} {target!r}>"
 
     @property
     def database(self) -> Database:
@@ -134,56 +127,59 @@ class DatabaseClient:
         """The open pool this client draws from; ``PoolClosedError`` when none is open."""
         return self._slot.get()
 
-    async def _run(
-        self,
-        call: Callable[[Connection, str, Any, float | None], Awaitable[_T]],
-        query: str,
-        args: Any,
-        timeout: float | None,
-    ) -> _T:
-        pool = self._slot.get()
-        connection = await pool.acquire_connection()
-        effect = session_effect(query)
-        try:
-            return await call(connection, query, args, timeout)
-        except BaseException as exc:
-            error = translate_error(exc, self._database, "running a query")
-            if error is exc:
-                raise
-            raise error from exc
-        finally:
-            await pool.release_connection(connection, effect)
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """This database's circuit breaker (state, listeners, force open, reset)."""
+        return self._slot.breaker
 
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Record]:
+    async def fetch(
+        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
+    ) -> list[Record]:
         """Run ``query`` with ``args``; all rows."""
-        return await self._run(_fetch, query, args, timeout)
+        return await run_guarded(self._slot, fetch_call, query, args, timeout, idempotent)
 
     async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None
+        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
     ) -> Record | None:
         """Run ``query`` with ``args``; the first row or ``None``."""
-        row: Record | None = await self._run(_fetchrow, query, args, timeout)
+        row: Record | None = await run_guarded(
+            self._slot, fetchrow_call, query, args, timeout, idempotent
+        )
         return row
 
     async def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+        self,
+        query: str,
+        *args: Any,
+        column: int = 0,
+        timeout: float | None = None,
+        idempotent: bool = False,
     ) -> Any:
         """Run ``query`` with ``args``; value ``column`` of the first row, or ``None``."""
-        row: Record | None = await self._run(_fetchrow, query, args, timeout)
+        row: Record | None = await run_guarded(
+            self._slot, fetchrow_call, query, args, timeout, idempotent
+        )
         return None if row is None else row[column]
 
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+    async def execute(
+        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
+    ) -> str:
         """Run ``query`` with ``args``; the command status such as ``"UPDATE 3"``.
 
         Without ``args``, ``query`` may hold several statements.
         """
-        return await self._run(_execute, query, args, timeout)
+        return await run_guarded(self._slot, execute_call, query, args, timeout, idempotent)
 
     async def executemany(
-        self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
+        self,
+        query: str,
+        args: Iterable[Sequence[Any]],
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
     ) -> None:
         """Run ``query`` once per tuple in ``args``; all or nothing."""
-        await self._run(_executemany, query, args, timeout)
+        await run_guarded(self._slot, executemany_call, query, args, timeout, idempotent)
 
     def transaction(
         self,
@@ -196,13 +192,58 @@ class DatabaseClient:
 
         Commits when the block ends normally, rolls back when it raises.
         Yields a :class:`TransactionScope` with the query methods;
-        ``scope.transaction()`` nests a savepoint.
+        ``scope.transaction()`` nests a savepoint. Not retried: use
+        :meth:`run_in_transaction` for that.
         """
         return Transaction(self._slot, isolation, readonly, deferrable)
 
+    async def run_in_transaction(
+        self,
+        fn: Callable[..., Awaitable[_T]],
+        *args: Any,
+        isolation: IsolationLevel | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+        attempts: int | None = None,
+    ) -> _T:
+        """Run ``await fn(scope, *args)`` in a transaction and return its result.
+
+        The whole function runs again (backoff and deadline from the retry
+        settings; ``attempts`` overrides their count) after
+        ``serialization_failure``, ``deadlock_detected``, or a connection
+        failure before COMMIT was sent, so ``fn`` must be safe to re-run. A
+        failure during COMMIT is never retried: its outcome is unknown.
+        """
+        return await run_in_transaction(
+            self._slot,
+            fn,
+            args,
+            isolation=isolation,
+            readonly=readonly,
+            deferrable=deferrable,
+            attempts=attempts,
+        )
+
     def acquire(self) -> AbstractAsyncContextManager[Connection]:
         """A raw asyncpg connection for the block; its session is reset afterwards."""
-        return self._slot.get().acquire()
+        return self._acquire()
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[Connection]:
+        pool = self._slot.get()
+        breaker = pool.breaker
+        breaker.allow()
+        started = time.monotonic()
+        try:
+            connection = await pool.acquire_connection()
+        except BaseException as exc:
+            record_outcome(breaker, exc, started)
+            raise
+        breaker.record_ignored()
+        try:
+            yield connection
+        finally:
+            await pool.release_connection(connection, SessionEffect.RESET)
 
 
 class MainDB(DatabaseClient):
@@ -217,134 +258,3 @@ class ReferenceDB(DatabaseClient):
 
     __slots__ = ()
     database_kind: ClassVar[Database | None] = Database.REFERENCE
-
-
-class TransactionScope:
-    """The query methods inside a transaction, all on its one connection.
-
-    ``transaction()`` opens a savepoint: rolled back alone when its block
-    raises. Using the scope after its block ended raises asyncpg's
-    ``InterfaceError`` (the connection went back to the pool).
-    """
-
-    __slots__ = ("_connection", "_database", "_owner")
-
-    def __init__(self, connection: Connection, database: Database, owner: Transaction) -> None:
-        self._connection = connection
-        self._database = database
-        self._owner = owner
-
-    @property
-    def connection(self) -> Connection:
-        """The raw connection; using it marks the session for a reset on release."""
-        self._owner.effect = max(self._owner.effect, SessionEffect.RESET)
-        return self._connection
-
-    async def _run(
-        self,
-        call: Callable[[Connection, str, Any, float | None], Awaitable[_T]],
-        query: str,
-        args: Any,
-        timeout: float | None,
-    ) -> _T:
-        effect = session_effect(query)
-        if effect > self._owner.effect:
-            self._owner.effect = effect
-        try:
-            return await call(self._connection, query, args, timeout)
-        except BaseException as exc:
-            error = translate_error(exc, self._database, "running a query in a transaction")
-            if error is exc:
-                raise
-            raise error from exc
-
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Record]:
-        """Run ``query`` with ``args``; all rows."""
-        return await self._run(_fetch, query, args, timeout)
-
-    async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None
-    ) -> Record | None:
-        """Run ``query`` with ``args``; the first row or ``None``."""
-        row: Record | None = await self._run(_fetchrow, query, args, timeout)
-        return row
-
-    async def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
-    ) -> Any:
-        """Run ``query`` with ``args``; value ``column`` of the first row, or ``None``."""
-        row: Record | None = await self._run(_fetchrow, query, args, timeout)
-        return None if row is None else row[column]
-
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        """Run ``query`` with ``args``; the command status."""
-        return await self._run(_execute, query, args, timeout)
-
-    async def executemany(
-        self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
-    ) -> None:
-        """Run ``query`` once per tuple in ``args``."""
-        await self._run(_executemany, query, args, timeout)
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[TransactionScope]:
-        """A savepoint for the block: released on success, rolled back on error."""
-        async with self._connection.transaction():
-            yield self
-
-
-class Transaction:
-    """``async with client.transaction(...) as tx:``; see :meth:`DatabaseClient.transaction`."""
-
-    __slots__ = ("_connection", "_options", "_pool", "_slot", "_tx", "effect")
-
-    def __init__(
-        self,
-        slot: PoolSlot,
-        isolation: IsolationLevel | None,
-        readonly: bool,
-        deferrable: bool,
-    ) -> None:
-        self._slot = slot
-        self._pool: DatabasePool | None = None
-        self._options = (isolation, readonly, deferrable)
-        self._connection: Connection | None = None
-        self._tx: Any = None
-        self.effect = SessionEffect.NONE
-
-    async def __aenter__(self) -> TransactionScope:
-        if self._connection is not None:
-            raise RuntimeError("a Transaction object can be entered only once")
-        pool = self._pool = self._slot.get()
-        connection = await pool.acquire_connection()
-        isolation, readonly, deferrable = self._options
-        try:
-            tx = connection.transaction(
-                isolation=isolation, readonly=readonly, deferrable=deferrable
-            )
-            await tx.__aenter__()
-        except BaseException as exc:
-            await pool.release_connection(connection, SessionEffect.NONE)
-            error = translate_error(exc, pool.database, "starting a transaction")
-            if error is exc:
-                raise
-            raise error from exc
-        self._connection = connection
-        self._tx = tx
-        return TransactionScope(connection, pool.database, self)
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        connection, pool = self._connection, self._pool
-        if connection is None or pool is None:
-            raise RuntimeError("Transaction.__aexit__ called without __aenter__")
-        try:
-            await self._tx.__aexit__(exc_type, exc, tb)
-        except BaseException as error:
-            translated = translate_error(error, pool.database, "ending a transaction")
-            if translated is error:
-                raise
-            raise translated from error
-        finally:
-            await pool.release_connection(connection, self.effect)

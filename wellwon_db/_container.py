@@ -26,7 +26,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from dependency_injector import containers, providers
 
@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("wellwon_db.container")
+
+#: A ``DatabaseContainer`` instance, or one embedded with ``providers.Container``.
+ContainerLike: TypeAlias = "containers.Container | providers.Container[Any]"
 _T = TypeVar("_T")
 
 
@@ -58,7 +61,14 @@ async def open_database_pool(
     """
     if slot.database is not database:
         raise ValueError(f"the {slot.database.value} slot given for the {database.value} pool")
-    pool = DatabasePool(database, config.get_dsn(database), config.get_pool_config(database))
+    slot.breaker.reconfigure(config.get_breaker_config(database))
+    pool = DatabasePool(
+        database,
+        config.get_dsn(database),
+        config.get_pool_config(database),
+        breaker=slot.breaker,
+        retry=config.get_retry_config(database),
+    )
     await pool.open()
     slot.pool = pool
     try:
@@ -107,7 +117,7 @@ async def resolve(provider: providers.Provider[_T]) -> _T:
     return result  # type: ignore[no-any-return]
 
 
-def _pool_resources(container: containers.Container) -> list[providers.Resource[Any]]:
+def _pool_resources(container: ContainerLike) -> list[providers.Resource[Any]]:
     return [
         provider
         for provider in container.traverse(types=[providers.Resource])
@@ -120,7 +130,7 @@ async def _maybe_await(value: object) -> None:
         await value
 
 
-async def start_databases(container: containers.Container) -> None:
+async def start_databases(container: ContainerLike) -> None:
     """Open every pool of ``container`` (a :class:`DatabaseContainer`) concurrently.
 
     When any pool fails to open, the ones that did are closed and the first
@@ -139,7 +149,7 @@ async def start_databases(container: containers.Container) -> None:
         raise errors[0]
 
 
-async def stop_databases(container: containers.Container) -> None:
+async def stop_databases(container: ContainerLike) -> None:
     """Close every pool of ``container``.
 
     Clients stay valid: after :func:`start_databases` they use the new pools.
@@ -156,7 +166,7 @@ async def stop_databases(container: containers.Container) -> None:
 
 
 @asynccontextmanager
-async def database_lifespan(container: containers.Container) -> AsyncIterator[None]:
+async def database_lifespan(container: ContainerLike) -> AsyncIterator[None]:
     """``async with database_lifespan(container):`` the pools are open inside."""
     await start_databases(container)
     try:

@@ -22,6 +22,10 @@ _DEMO_ENV = {
 }
 
 
+class InsufficientFunds(Exception):
+    """The demo's business rule: no negative balances."""
+
+
 async def run_demo(out: Callable[[str], None] = print) -> None:
     """Start two throwaway servers, run the tour, stop everything."""
     out("starting two embedded PostgreSQL servers ...")
@@ -92,8 +96,12 @@ async def _tour(container: DatabaseContainer, out: Callable[[str], None]) -> Non
                 await tx.execute(
                     "UPDATE user_accounts SET balance = balance - 1000 WHERE username = 'ada'"
                 )
-                raise RuntimeError("insufficient funds")
-        except RuntimeError as exc:
+                if (
+                    await tx.fetchval("SELECT balance FROM user_accounts WHERE username = 'ada'")
+                    < 0
+                ):
+                    raise InsufficientFunds("ada cannot pay 1000")  # noqa: TRY301 (the demo)
+        except InsufficientFunds as exc:
             out(f"  rolled back: {exc}")
         for row in await main.fetch("SELECT username, balance FROM user_accounts ORDER BY id"):
             out(f"  {row['username']:<6} balance {row['balance']}")
@@ -105,7 +113,8 @@ async def _tour(container: DatabaseContainer, out: Callable[[str], None]) -> Non
             for row in await reference.fetch("SELECT country, customs_code FROM dc_customs")
         }
         for user in users:
-            out(f"  {user['username']:<6} ships from {user['country']} (customs {codes.get(user['country'], '?')})")
+            code = codes.get(user["country"], "?")
+            out(f"  {user['username']:<6} ships from {user['country']} (customs {code})")
         out("\nshutting the pools down ...")
 
 

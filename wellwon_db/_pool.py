@@ -19,13 +19,34 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
+from wellwon_db._breaker import CircuitBreaker
 from wellwon_db._database import Database
+from wellwon_db._retry import RetryConfig, RetryPolicy
 from wellwon_db._session import SessionEffect
 from wellwon_db._settings import PoolConfig, redact_dsn
-from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
+from wellwon_db.errors import (
+    CircuitOpenError,
+    DatabaseUnavailableError,
+    PoolClosedError,
+    PoolTimeoutError,
+)
 
-__all__ = ["Connection", "DatabasePool", "PoolSlot", "PoolState", "translate_error"]
+__all__ = [
+    "Connection",
+    "DatabasePool",
+    "PoolSlot",
+    "PoolState",
+    "is_availability_failure",
+    "translate_error",
+]
 
 logger = logging.getLogger("wellwon_db.pool")
 
@@ -55,7 +76,14 @@ class PoolState(enum.Enum):
     CLOSED = "closed"
 
 
-def translate_error(exc: BaseException, database: Database, where: str) -> BaseException:
+def translate_error(
+    exc: BaseException,
+    database: Database,
+    where: str,
+    *,
+    may_have_run: bool = True,
+    during_commit: bool = False,
+) -> BaseException:
     """Map a connection-level failure to ``DatabaseUnavailableError``; others unchanged.
 
     ``TimeoutError`` (a command timeout) and PostgreSQL errors about the SQL
@@ -67,7 +95,20 @@ def translate_error(exc: BaseException, database: Database, where: str) -> BaseE
         f"the {database.value} database is unavailable ({where}): "
         f"{type(exc).__name__}: {_safe_message(exc)}",
         database=database.value,
+        may_have_run=may_have_run,
+        during_commit=during_commit,
     )
+
+
+def is_availability_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database (not the SQL) failed: what a breaker counts.
+
+    Unavailable and pool-timeout errors, command timeouts, and untranslated
+    connection-level errors count; errors of the SQL and cancellation do not.
+    """
+    if isinstance(exc, DatabaseUnavailableError | TimeoutError):
+        return not isinstance(exc, CircuitOpenError)
+    return isinstance(exc, _UNAVAILABLE)
 
 
 def _safe_message(exc: BaseException) -> str:
@@ -95,7 +136,15 @@ class DatabasePool:
     Using a pool that is not open raises :class:`PoolClosedError`.
     """
 
-    def __init__(self, database: Database, dsn: str, config: PoolConfig) -> None:
+    def __init__(
+        self,
+        database: Database,
+        dsn: str,
+        config: PoolConfig,
+        *,
+        breaker: CircuitBreaker | None = None,
+        retry: RetryConfig | None = None,
+    ) -> None:
         if config.database is not database:
             raise ValueError(
                 f"PoolConfig of the {config.database.value} database given for "
@@ -106,6 +155,9 @@ class DatabasePool:
         self._config = config
         self._state = PoolState.NEW
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self.breaker = breaker or CircuitBreaker(database.value)
+        self.retry = RetryPolicy(database.value, retry)
         self._birth: dict[int, float] = {}
         self._always_reset = config.reset == "always"
         self._max_lifetime = config.max_lifetime
@@ -152,10 +204,14 @@ class DatabasePool:
     # -- lifecycle -----------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect ``min_size`` connections.
+        """Connect ``min_size`` connections, waiting up to ``startup_wait`` for the server.
 
-        Raises ``DatabaseUnavailableError`` when the server cannot be reached
-        (nothing stays open then), ``PoolClosedError`` when called twice.
+        While the server refuses or is still starting, attempts repeat with
+        backoff for ``startup_wait`` seconds. Then, if the database is
+        required, ``DatabaseUnavailableError`` is raised and nothing stays
+        open; if not, the pool opens empty, its calls fail fast, and it
+        connects in the background as soon as the server answers.
+        ``PoolClosedError`` when called twice.
         """
         if self._state is not PoolState.NEW:
             raise PoolClosedError(
@@ -164,9 +220,59 @@ class DatabasePool:
                 database=self._database.value,
             )
         self._state = PoolState.OPENING
+        try:
+            self._pool = await self._connect_within(self._config.startup_wait)
+        except DatabaseUnavailableError as exc:
+            if self._config.startup_required:
+                self._state = PoolState.CLOSED
+                raise
+            logger.warning(
+                "starting without the %s database (%s); connecting in the background",
+                self._database.value,
+                exc,
+            )
+            self._connector = asyncio.create_task(
+                self._connect_in_background(), name=f"wellwon_db-connect-{self._database.value}"
+            )
+        except BaseException:
+            self._state = PoolState.CLOSED
+            raise
+        self._state = PoolState.OPEN
+        logger.debug("opened %r", self)
+
+    async def _connect_within(self, wait: float) -> asyncpg.Pool[asyncpg.Record]:
+        if wait <= 0:
+            return await self._create_pool()
+        retrying = AsyncRetrying(
+            stop=stop_after_delay(wait),
+            wait=wait_random_exponential(multiplier=0.1, max=2.0),
+            retry=retry_if_exception_type(DatabaseUnavailableError),
+            reraise=True,
+        )
+        return await retrying(self._create_pool)
+
+    async def _connect_in_background(self) -> None:
+        retrying = AsyncRetrying(
+            wait=wait_random_exponential(multiplier=0.1, max=self.breaker.config.open_sec),
+            retry=retry_if_exception_type(Exception),
+            before_sleep=self._log_background_failure,
+        )
+        pool: asyncpg.Pool[asyncpg.Record] = await retrying(self._create_pool)
+        if self._state is not PoolState.OPEN:
+            pool.terminate()
+            return
+        self._pool = pool
+        logger.warning("the %s database answers again: pool connected", self._database.value)
+
+    def _log_background_failure(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log = logger.debug if isinstance(error, DatabaseUnavailableError) else logger.warning
+        log("the %s database is still not reachable: %s", self._database.value, error)
+
+    async def _create_pool(self) -> asyncpg.Pool[asyncpg.Record]:
         config = self._config
         try:
-            pool = await asyncpg.create_pool(
+            return await asyncpg.create_pool(
                 self._dsn,
                 min_size=config.min_size,
                 max_size=config.max_size,
@@ -179,21 +285,20 @@ class DatabasePool:
                 init=self._on_connect,
                 reset=_keep_session,
             )
+        except TimeoutError as exc:
+            raise DatabaseUnavailableError(
+                f"the {self._database.value} database at {self._address} did not answer "
+                f"within the connect timeout of {config.connect_timeout:g}s",
+                database=self._database.value,
+                may_have_run=False,
+            ) from exc
         except BaseException as exc:
-            self._state = PoolState.CLOSED
-            error = translate_error(exc, self._database, f"opening a pool to {self._address}")
-            if isinstance(exc, TimeoutError):
-                error = DatabaseUnavailableError(
-                    f"the {self._database.value} database at {self._address} did not answer "
-                    f"within the connect timeout of {config.connect_timeout:g}s",
-                    database=self._database.value,
-                )
+            error = translate_error(
+                exc, self._database, f"opening a pool to {self._address}", may_have_run=False
+            )
             if error is exc:
                 raise
             raise error from exc
-        self._pool = pool
-        self._state = PoolState.OPEN
-        logger.debug("opened %r", self)
 
     async def close(self, timeout: float | None = 10.0) -> None:
         """Close every connection; in-use ones are waited for up to ``timeout`` s.
@@ -205,6 +310,11 @@ class DatabasePool:
             return
         pool, self._pool = self._pool, None
         self._state = PoolState.CLOSING
+        connector, self._connector = self._connector, None
+        if connector is not None:
+            connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connector
         try:
             if pool is not None:
                 try:
@@ -258,6 +368,13 @@ class DatabasePool:
         """
         pool = self._pool
         if pool is None:
+            if self._connector is not None:
+                raise DatabaseUnavailableError(
+                    f"the {self._database.value} database at {self._address} has not answered "
+                    "since start-up; connecting in the background",
+                    database=self._database.value,
+                    may_have_run=False,
+                )
             raise self._closed_error()
         timeout = self._config.timeout
         self._waiting += 1
@@ -272,6 +389,7 @@ class DatabasePool:
                     f"the {self._database.value} database at {self._address} did not answer "
                     f"within the connect timeout of {self._config.connect_timeout:g}s",
                     database=self._database.value,
+                    may_have_run=False,
                 ) from exc
             self._stats["timeouts"] += 1
             raise PoolTimeoutError(
@@ -289,7 +407,9 @@ class DatabasePool:
                 raise self._closed_error() from exc
             raise
         except BaseException as exc:
-            error = translate_error(exc, self._database, "acquiring a connection")
+            error = translate_error(
+                exc, self._database, "acquiring a connection", may_have_run=False
+            )
             if error is exc:
                 raise
             raise error from exc
@@ -318,16 +438,22 @@ class DatabasePool:
             elif effect or self._always_reset or connection.is_in_transaction():
                 self._stats["resets"] += 1
                 await self._reset(connection)
-        except asyncpg.InterfaceError:
-            # Already detached: the connection died and asyncpg took it back.
-            pass
-        except BaseException:
-            self._forget(connection)
-            connection.terminate()
+        except asyncio.CancelledError:
+            self._discard(connection)
             raise
+        except Exception as exc:
+            # The session's state is unknown (reset failed, or the connection
+            # is busy cancelling a statement): never hand it out again.
+            logger.debug("discarding a %s connection: %r", self._database.value, exc)
+            self._discard(connection)
         finally:
             if pool is not None:
                 await pool.release(connection)
+
+    def _discard(self, connection: Connection) -> None:
+        self._forget(connection)
+        with contextlib.suppress(asyncpg.InterfaceError):
+            connection.terminate()
 
     async def _reset(self, connection: Connection) -> None:
         async with asyncio.timeout(self._config.command_timeout):
@@ -393,14 +519,16 @@ class PoolSlot:
 
     Clients hold the slot, not the pool: when the container stops and starts
     again, the same clients reach the new pool. ``pool`` is ``None`` while no
-    pool is open.
+    pool is open. The slot also keeps the database's circuit breaker.
     """
 
-    __slots__ = ("database", "pool")
+    __slots__ = ("breaker", "database", "pool")
 
     def __init__(self, database: Database) -> None:
         self.database = database
         self.pool: DatabasePool | None = None
+        #: The database's breaker; it outlives pools, so listeners stay attached.
+        self.breaker = CircuitBreaker(database.value)
 
     def __repr__(self) -> str:
         return f"<PoolSlot {self.database.value} {self.pool!r}>"

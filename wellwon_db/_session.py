@@ -40,12 +40,12 @@ _START = r"(?:^|;)(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*"
 _RESET_STATEMENTS = re.compile(
     _START
     + r"(?:SET|RESET|LISTEN|DECLARE|DO|CALL|LOAD"
-    + r"|CREATE\s+(?:GLOBAL\s+|LOCAL\s+)?TEMP(?:ORARY)?)\b",
+    + r"|CREATE\s+(?:OR\s+REPLACE\s+)?(?:GLOBAL\s+|LOCAL\s+)?TEMP(?:ORARY)?)\b",
     re.IGNORECASE | re.DOTALL,
 )
 _RESET_ANYWHERE = re.compile(
     r"\b(?:set_config|pg_(?:try_)?advisory_lock(?:_shared)?|dblink_connect(?:_u)?)\s*\("
-    r"|\bINTO\s+(?:TEMP|TEMPORARY|UNLOGGED\s+TEMP)\b",
+    r"|\bINTO\s+(?:LOCAL\s+|GLOBAL\s+)?TEMP(?:ORARY)?\b",
     re.IGNORECASE,
 )
 _DISCARD_STATEMENTS = re.compile(

@@ -29,7 +29,9 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, Vali
 from pydantic import model_validator as _model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from wellwon_db._breaker import BreakerConfig
 from wellwon_db._database import Database
+from wellwon_db._retry import RetryConfig
 from wellwon_db.errors import ConfigurationError
 
 __all__ = [
@@ -133,6 +135,89 @@ class DatabaseSettings(BaseSettings):
         ),
     )
 
+    startup_wait_sec: float = Field(
+        default=0.0,
+        ge=0,
+        le=3600,
+        description="Seconds start-up keeps retrying (with backoff) a database that is down.",
+    )
+    startup_required: bool = Field(
+        default=True,
+        description=(
+            "false: start without this database if it is down and connect in the "
+            "background; its calls fail fast until it answers."
+        ),
+    )
+    breaker_enabled: bool = Field(
+        default=True, description="false: no circuit breaker for this database."
+    )
+    breaker_failure_rate: float = Field(
+        default=50.0,
+        gt=0,
+        le=100,
+        description="Percent of failed calls in the window that opens the breaker.",
+    )
+    breaker_min_calls: int = Field(
+        default=10,
+        ge=1,
+        le=100_000,
+        description="Calls the window must hold before a rate can open the breaker.",
+    )
+    breaker_window_sec: float = Field(
+        default=10.0, ge=1, le=3600, description="Seconds of recent calls the rates cover."
+    )
+    breaker_slow_call_sec: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        description="A call at least this slow counts as slow; 0: slow calls never count.",
+    )
+    breaker_slow_call_rate: float = Field(
+        default=100.0,
+        gt=0,
+        le=100,
+        description="Percent of slow calls in the window that opens the breaker.",
+    )
+    breaker_open_sec: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds the breaker stays open before letting probes through.",
+    )
+    breaker_open_max_sec: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Cap of the open time, which doubles with each trip in a row.",
+    )
+    breaker_half_open_calls: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Probe calls let through when half-open; all must succeed to close.",
+    )
+    retry_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Attempts for a retryable failure, the first included; 1: no retries.",
+    )
+    retry_backoff_sec: float = Field(
+        default=0.05,
+        gt=0,
+        le=60,
+        description="First retry delay; doubles per attempt, with full jitter.",
+    )
+    retry_backoff_max_sec: float = Field(
+        default=2.0, gt=0, le=600, description="Largest delay between two attempts."
+    )
+    retry_deadline_sec: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="No new attempt starts this many seconds after the first began.",
+    )
+
     @_model_validator(mode="after")
     def _check(self) -> DatabaseSettings:
         if (
@@ -152,6 +237,17 @@ class DatabaseSettings(BaseSettings):
             )
         if self.dsn is not None:
             _validate_dsn(self.dsn.get_secret_value(), env_var_name(type(self), "dsn"))
+        for low, high in (
+            ("breaker_open_sec", "breaker_open_max_sec"),
+            ("retry_backoff_sec", "retry_backoff_max_sec"),
+        ):
+            if getattr(self, low) > getattr(self, high):
+                low_var, high_var = env_var_name(type(self), low), env_var_name(type(self), high)
+                raise ConfigurationError(
+                    f"{low_var}={getattr(self, low):g} is greater than {high_var}="
+                    f"{getattr(self, high):g}; set {low_var} <= {high_var}",
+                    env_var=low_var,
+                )
         return self
 
     @property
@@ -236,6 +332,8 @@ class PoolConfig:
     statement_cache_size: int
     application_name: str
     reset: ResetPolicy
+    startup_wait: float = 0.0
+    startup_required: bool = True
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> PoolConfig:
@@ -253,6 +351,8 @@ class PoolConfig:
             statement_cache_size=settings.pool_statement_cache_size,
             application_name=settings.application_name,
             reset=settings.pool_reset,
+            startup_wait=settings.startup_wait_sec,
+            startup_required=settings.startup_required,
         )
 
 
@@ -307,6 +407,31 @@ class PostgresConfig(BaseModel):
     def get_pool_config(self, database: Database | str) -> PoolConfig:
         """The pool settings of ``database`` (its own, never another database's)."""
         return PoolConfig.from_settings(self.settings_for(database))
+
+    def get_breaker_config(self, database: Database | str) -> BreakerConfig:
+        """The circuit-breaker thresholds of ``database``."""
+        s = self.settings_for(database)
+        return BreakerConfig(
+            enabled=s.breaker_enabled,
+            failure_rate=s.breaker_failure_rate,
+            min_calls=s.breaker_min_calls,
+            window_sec=s.breaker_window_sec,
+            slow_call_sec=s.breaker_slow_call_sec,
+            slow_call_rate=s.breaker_slow_call_rate,
+            open_sec=s.breaker_open_sec,
+            open_max_sec=s.breaker_open_max_sec,
+            half_open_calls=s.breaker_half_open_calls,
+        )
+
+    def get_retry_config(self, database: Database | str) -> RetryConfig:
+        """The retry policy settings of ``database``."""
+        s = self.settings_for(database)
+        return RetryConfig(
+            attempts=s.retry_attempts,
+            backoff=s.retry_backoff_sec,
+            backoff_max=s.retry_backoff_max_sec,
+            deadline=s.retry_deadline_sec,
+        )
 
 
 @functools.cache
@@ -393,7 +518,8 @@ def _field_for_loc(settings_class: type[DatabaseSettings], loc: str) -> str | No
     return None
 
 
-_POOL_VAR = re.compile(r"^PG_(?:(?P<db>[A-Z0-9]+)_)?POOL_(?P<knob>[A-Z0-9_]+)$")
+_GROUPS = "POOL|BREAKER|RETRY|STARTUP"
+_POOL_VAR = re.compile(rf"^PG_(?:(?P<db>[A-Z0-9]+)_)?(?:{_GROUPS})_(?P<knob>[A-Z0-9_]+)$")
 _DSN_VAR = re.compile(r"^POSTGRES_(?:(?P<db>[A-Z0-9]+)_)?DSN$")
 
 

@@ -61,11 +61,24 @@ class DatabaseUnavailableError(WellwonDBError):
     """The database cannot be reached: refused, reset, timed out or shutting down.
 
     ``database`` is the logical database name (``"main"``, ``"reference"``).
+    ``may_have_run`` is false when the failure came before any statement was
+    sent (no connection could be had), so retrying cannot run it twice.
+    ``during_commit`` is true when the connection failed while a COMMIT was
+    in flight: the transaction may or may not have committed.
     """
 
-    def __init__(self, message: str, *, database: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        database: str,
+        may_have_run: bool = True,
+        during_commit: bool = False,
+    ) -> None:
         super().__init__(message)
         self.database = database
+        self.may_have_run = may_have_run
+        self.during_commit = during_commit
 
 
 class CircuitOpenError(DatabaseUnavailableError):
@@ -75,7 +88,7 @@ class CircuitOpenError(DatabaseUnavailableError):
     """
 
     def __init__(self, message: str, *, database: str, retry_at: float | None = None) -> None:
-        super().__init__(message, database=database)
+        super().__init__(message, database=database, may_have_run=False)
         self.retry_at = retry_at
 
 

@@ -9,23 +9,27 @@ overrides the pools so that no connection is ever opened.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from dependency_injector import providers
 
-from wellwon_db._client import (
-    DatabaseClient,
-    IsolationLevel,
-    MainDB,
-    ReferenceDB,
-    TransactionScope,
-)
+from wellwon_db._client import DatabaseClient, MainDB, ReferenceDB
+from wellwon_db._container import ContainerLike
 from wellwon_db._database import Database
 from wellwon_db._pool import Connection, PoolSlot
+from wellwon_db._transaction import IsolationLevel, TransactionScope
 
 __all__ = [
     "FakeCall",
@@ -34,9 +38,12 @@ __all__ = [
     "FakeMainDB",
     "FakeRecord",
     "FakeReferenceDB",
+    "FakeTransactionScope",
+    "UnscriptedQueryError",
     "override_with_fakes",
 ]
 
+_T = TypeVar("_T")
 Result = Any
 Matcher = str | re.Pattern[str]
 
@@ -45,24 +52,57 @@ def _normalise(query: str) -> str:
     return " ".join(query.split())
 
 
-class FakeRecord(Mapping[str, Any]):
-    """A row like ``asyncpg.Record``: ``row["name"]``, ``row[0]``, ``dict(row)``."""
+class FakeRecord:
+    """A row that behaves like ``asyncpg.Record``.
+
+    ``row["name"]`` and ``row[0]`` index, ``row[0:2]`` slices to a tuple,
+    iterating and unpacking give the values, ``"name" in row`` tests the
+    names, ``keys()``/``values()``/``items()``/``get()`` and ``dict(row)``
+    work as on a Record.
+    """
 
     __slots__ = ("_values",)
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         self._values = dict(values)
 
-    def __getitem__(self, key: str | int) -> Any:
-        if isinstance(key, int):
-            return list(self._values.values())[key]
-        return self._values[key]
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            return self._values[key]
+        return tuple(self._values.values())[key]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FakeRecord):
+            return self._values == other._values
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def keys(self) -> Iterator[str]:
+        """The column names."""
+        return iter(self._values)
+
+    def values(self) -> Iterator[Any]:
+        """The values."""
+        return iter(self._values.values())
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """``(name, value)`` pairs."""
+        return iter(self._values.items())
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of ``name``, or ``default``."""
+        return self._values.get(name, default)
 
     def __repr__(self) -> str:
         inner = " ".join(f"{k}={v!r}" for k, v in self._values.items())
@@ -102,8 +142,8 @@ class FakeDatabaseClient(DatabaseClient):
     exact text (whitespace-insensitive) or a compiled regex; ``result`` is a
     list of row dicts (``fetch`` gets them all, ``fetchrow`` the first,
     ``fetchval`` its first value), a scalar (``fetchval``), a status string
-    (``execute``), an exception instance (raised), or a callable taking the
-    query's args and returning one of those. Unscripted queries return no
+    (``execute``), an exception instance or class (raised), or a callable
+    taking the query's args and returning one of those. Unscripted queries return no
     rows (``strict=True``: raise ``UnscriptedQueryError``). ``calls`` lists
     what was done, transactions included.
     """
@@ -123,7 +163,12 @@ class FakeDatabaseClient(DatabaseClient):
     # -- scripting -----------------------------------------------------------
 
     def script(self, query: Matcher, result: Result, *, times: int | None = None) -> None:
-        """Answer ``query`` with ``result`` (``times`` times, or always); latest script wins."""
+        """Answer ``query`` with ``result`` (``times`` times, or always); latest script wins.
+
+        Raises ``ValueError`` when ``times`` is not a positive count.
+        """
+        if times is not None and times < 1:
+            raise ValueError(f"times must be a positive count or None (always), got {times}")
         self._scripts.insert(0, _Script(query, result, times))
 
     @property
@@ -145,6 +190,8 @@ class FakeDatabaseClient(DatabaseClient):
                     if script.times == 0:
                         self._scripts.remove(script)
                 result = script.result
+                if isinstance(result, type) and issubclass(result, BaseException):
+                    raise result(f"scripted for {query!r}")
                 if callable(result) and not isinstance(result, type):
                     result = result(*args)
                 if isinstance(result, BaseException):
@@ -157,31 +204,43 @@ class FakeDatabaseClient(DatabaseClient):
     # -- the query API -------------------------------------------------------
 
     async def fetch(
-        self, query: str, *args: Any, timeout: float | None = None
+        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
     ) -> list[asyncpg.Record]:
         """Scripted rows (``[]`` when unscripted)."""
         return _rows(self._answer("fetch", query, args, False))
 
     async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None
+        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
     ) -> asyncpg.Record | None:
         """The first scripted row, or ``None``."""
         rows = _rows(self._answer("fetchrow", query, args, False))
         return rows[0] if rows else None
 
     async def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+        self,
+        query: str,
+        *args: Any,
+        column: int = 0,
+        timeout: float | None = None,
+        idempotent: bool = False,
     ) -> Any:
         """The scripted value (or column ``column`` of the first scripted row)."""
         return _value(self._answer("fetchval", query, args, False), column)
 
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+    async def execute(
+        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
+    ) -> str:
         """The scripted status, or ``"OK"``."""
         result = self._answer("execute", query, args, False)
         return result if isinstance(result, str) else "OK"
 
     async def executemany(
-        self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
+        self,
+        query: str,
+        args: Iterable[Sequence[Any]],
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
     ) -> None:
         """Records one call per argument tuple."""
         for row in args:
@@ -209,6 +268,21 @@ class FakeDatabaseClient(DatabaseClient):
             self.calls.append(FakeCall("rollback", in_transaction=True))
             raise
         self.calls.append(FakeCall("commit", in_transaction=True))
+
+    async def run_in_transaction(
+        self,
+        fn: Callable[..., Awaitable[_T]],
+        *args: Any,
+        isolation: IsolationLevel | None = None,
+        readonly: bool = False,
+        deferrable: bool = False,
+        attempts: int | None = None,
+    ) -> _T:
+        """Runs ``fn(scope, *args)`` once inside a recorded fake transaction."""
+        async with self.transaction(
+            isolation=isolation, readonly=readonly, deferrable=deferrable
+        ) as scope:
+            return await fn(scope, *args)
 
     def acquire(self) -> AbstractAsyncContextManager[Connection]:
         """Not available: a fake has no raw connections."""
@@ -319,7 +393,7 @@ class FakeDatabases:
 
 @contextmanager
 def override_with_fakes(
-    container: Any, fakes: FakeDatabases | None = None
+    container: ContainerLike, fakes: FakeDatabases | None = None
 ) -> Iterator[FakeDatabases]:
     """Override ``container``'s clients with fakes and its pools with ``None``.
 

@@ -11,8 +11,10 @@ to run as root.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -30,7 +32,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-__all__ = ["PostgresNotFoundError", "PostgresServer", "find_postgres_bindir"]
+__all__ = ["PostgresNotFoundError", "PostgresServer", "find_postgres_bindir", "run_sync"]
 
 _T = TypeVar("_T")
 _REQUIRED = ("initdb", "postgres")
@@ -104,7 +106,8 @@ def _usable_bindir(bindir: Path, account: pwd.struct_passwd | None) -> Path:
     if account is None or _reachable_by_others(bindir):
         return bindir
     install = bindir.parent
-    copy = Path(tempfile.gettempdir()) / f"wellwon_db-pginstall-{abs(hash(str(install)))}"
+    digest = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:16]
+    copy = Path(tempfile.gettempdir()) / f"wellwon_db-pginstall-{digest}"
     if not (copy / "bin" / "postgres").exists():
         staging = Path(tempfile.mkdtemp(prefix="wellwon_db-pginstall-"))
         shutil.copytree(install, staging / "install", symlinks=True)
@@ -160,7 +163,17 @@ def _template(bindir: Path, account: pwd.struct_passwd | None) -> Path:
         if result.returncode != 0:
             raise PostgresNotFoundError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
         _templates[key] = data
+        if len(_templates) == 1:
+            atexit.register(_remove_templates)
         return data
+
+
+def _remove_templates() -> None:
+    """Delete this process's template clusters (run at exit)."""
+    with _template_lock:
+        for data in _templates.values():
+            shutil.rmtree(data.parent, ignore_errors=True)
+        _templates.clear()
 
 
 def _free_port() -> int:

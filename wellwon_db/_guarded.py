@@ -1,0 +1,90 @@
+"""One call to a database through its breaker, its pool and its retry policy.
+
+``run_guarded`` is the per-query path of every client: breaker check (O(1),
+no I/O), acquire, statement, release (reset only when needed), outcome
+recorded, errors translated. Only a retryable failure enters tenacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from wellwon_db._breaker import CircuitBreaker
+from wellwon_db._pool import Connection, DatabasePool, PoolSlot, is_availability_failure
+from wellwon_db._pool import translate_error as _translate
+from wellwon_db._retry import is_retryable
+from wellwon_db._session import session_effect
+from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError
+
+__all__ = ["StatementCall", "record_outcome", "run_guarded"]
+
+_T = TypeVar("_T")
+#: ``call(connection, query, args, timeout)``: the asyncpg method to run.
+StatementCall = Callable[[Connection, str, Any, float | None], Awaitable[_T]]
+
+_monotonic = time.monotonic
+
+
+def record_outcome(breaker: CircuitBreaker, exc: BaseException, started: float) -> None:
+    """Tell ``breaker`` how a call that raised ``exc`` ended."""
+    if isinstance(exc, asyncio.CancelledError | PoolClosedError):
+        breaker.record_ignored()
+    elif is_availability_failure(exc):
+        breaker.record_failure(_monotonic() - started)
+    else:
+        # The database answered (an SQL error is an answer).
+        breaker.record_success(_monotonic() - started)
+
+
+async def _attempt(
+    pool: DatabasePool, call: StatementCall[_T], query: str, args: Any, timeout: float | None
+) -> _T:
+    breaker = pool.breaker
+    breaker.allow()
+    started = _monotonic()
+    try:
+        connection = await pool.acquire_connection()
+    except BaseException as exc:
+        record_outcome(breaker, exc, started)
+        raise
+    effect = session_effect(query)
+    try:
+        result = await call(connection, query, args, timeout)
+    except BaseException as exc:
+        error = _translate(exc, pool.database, "running a query")
+        record_outcome(breaker, error, started)
+        if error is exc:
+            raise
+        raise error from exc
+    finally:
+        await pool.release_connection(connection, effect)
+    breaker.record_success(_monotonic() - started)
+    return result
+
+
+async def run_guarded(
+    slot: PoolSlot,
+    call: StatementCall[_T],
+    query: str,
+    args: Any,
+    timeout: float | None,
+    idempotent: bool,
+) -> _T:
+    """Run one statement on ``slot``'s pool; retry only when it is safe (see ``_retry``)."""
+    pool = slot.get()
+    started = _monotonic()
+    try:
+        return await _attempt(pool, call, query, args, timeout)
+    except DatabaseUnavailableError as exc:
+        if not pool.retry.enabled or not is_retryable(exc, idempotent=idempotent):
+            raise
+        return await pool.retry.retry_after(
+            exc,
+            started,
+            lambda: _attempt(slot.get(), call, query, args, timeout),
+            functools.partial(is_retryable, idempotent=idempotent),
+        )

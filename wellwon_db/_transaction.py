@@ -1,0 +1,251 @@
+"""Transactions: one connection for a block, savepoints when nested.
+
+For the breaker a transaction is one call: permission is asked when it
+begins, and its outcome (committed, an availability failure anywhere, or an
+SQL error) is recorded when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar
+
+import asyncpg
+
+from wellwon_db._database import Database
+from wellwon_db._guarded import record_outcome
+from wellwon_db._pool import Connection, DatabasePool, PoolSlot, translate_error
+from wellwon_db._retry import is_transaction_retryable
+from wellwon_db._session import SessionEffect, session_effect
+
+__all__ = ["IsolationLevel", "Transaction", "TransactionScope", "run_in_transaction"]
+
+_T = TypeVar("_T")
+Record = asyncpg.Record
+IsolationLevel = Literal["read_committed", "repeatable_read", "serializable"]
+
+
+# Module-level calls so that the per-query path allocates no closures.
+def fetch_call(c: Connection, q: str, a: Any, t: float | None) -> Awaitable[list[Record]]:
+    """``connection.fetch``."""
+    return c.fetch(q, *a, timeout=t)
+
+
+def fetchrow_call(c: Connection, q: str, a: Any, t: float | None) -> Awaitable[Any]:
+    """``connection.fetchrow``."""
+    return c.fetchrow(q, *a, timeout=t)
+
+
+def execute_call(c: Connection, q: str, a: Any, t: float | None) -> Awaitable[str]:
+    """``connection.execute``."""
+    return c.execute(q, *a, timeout=t)
+
+
+def executemany_call(c: Connection, q: str, a: Any, t: float | None) -> Awaitable[None]:
+    """``connection.executemany``."""
+    return c.executemany(q, a, timeout=t)
+
+
+class TransactionScope:
+    """The query methods inside a transaction, all on its one connection.
+
+    ``transaction()`` opens a savepoint: rolled back alone when its block
+    raises. Using the scope after its block ended raises asyncpg's
+    ``InterfaceError`` (the connection went back to the pool).
+    """
+
+    __slots__ = ("_connection", "_database", "_owner")
+
+    def __init__(self, connection: Connection, database: Database, owner: Transaction) -> None:
+        self._connection = connection
+        self._database = database
+        self._owner = owner
+
+    @property
+    def connection(self) -> Connection:
+        """The raw connection; using it marks the session for a reset on release."""
+        self._owner.effect = max(self._owner.effect, SessionEffect.RESET)
+        return self._connection
+
+    async def _run(
+        self,
+        call: Callable[[Connection, str, Any, float | None], Awaitable[_T]],
+        query: str,
+        args: Any,
+        timeout: float | None,
+    ) -> _T:
+        effect = session_effect(query)
+        if effect > self._owner.effect:
+            self._owner.effect = effect
+        try:
+            return await call(self._connection, query, args, timeout)
+        except BaseException as exc:
+            error = translate_error(exc, self._database, "running a query in a transaction")
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Record]:
+        """Run ``query`` with ``args``; all rows."""
+        return await self._run(fetch_call, query, args, timeout)
+
+    async def fetchrow(
+        self, query: str, *args: Any, timeout: float | None = None
+    ) -> Record | None:
+        """Run ``query`` with ``args``; the first row or ``None``."""
+        row: Record | None = await self._run(fetchrow_call, query, args, timeout)
+        return row
+
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> Any:
+        """Run ``query`` with ``args``; value ``column`` of the first row, or ``None``."""
+        row: Record | None = await self._run(fetchrow_call, query, args, timeout)
+        return None if row is None else row[column]
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        """Run ``query`` with ``args``; the command status."""
+        return await self._run(execute_call, query, args, timeout)
+
+    async def executemany(
+        self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
+    ) -> None:
+        """Run ``query`` once per tuple in ``args``."""
+        await self._run(executemany_call, query, args, timeout)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[TransactionScope]:
+        """A savepoint for the block: released on success, rolled back on error."""
+        async with self._connection.transaction():
+            yield self
+
+
+class Transaction:
+    """``async with client.transaction(...) as tx:``; commits on success, rolls back on error.
+
+    ``commit_attempted`` tells, after the block, whether COMMIT was sent.
+    """
+
+    __slots__ = (
+        "_connection",
+        "_options",
+        "_pool",
+        "_slot",
+        "_started",
+        "_tx",
+        "commit_attempted",
+        "effect",
+    )
+
+    def __init__(
+        self,
+        slot: PoolSlot,
+        isolation: IsolationLevel | None,
+        readonly: bool,
+        deferrable: bool,
+    ) -> None:
+        self._slot = slot
+        self._pool: DatabasePool | None = None
+        self._options = (isolation, readonly, deferrable)
+        self._connection: Connection | None = None
+        self._tx: Any = None
+        self._started = 0.0
+        self.effect = SessionEffect.NONE
+        self.commit_attempted = False
+
+    async def __aenter__(self) -> TransactionScope:
+        if self._connection is not None:
+            raise RuntimeError("a Transaction object can be entered only once")
+        pool = self._pool = self._slot.get()
+        breaker = pool.breaker
+        breaker.allow()
+        self._started = started = time.monotonic()
+        try:
+            connection = await pool.acquire_connection()
+        except BaseException as exc:
+            record_outcome(breaker, exc, started)
+            raise
+        isolation, readonly, deferrable = self._options
+        try:
+            tx = connection.transaction(
+                isolation=isolation, readonly=readonly, deferrable=deferrable
+            )
+            await tx.__aenter__()
+        except BaseException as exc:
+            await pool.release_connection(connection, SessionEffect.NONE)
+            # Nothing ran: a failed BEGIN is safe to retry.
+            error = translate_error(
+                exc, pool.database, "starting a transaction", may_have_run=False
+            )
+            record_outcome(breaker, error, started)
+            if error is exc:
+                raise
+            raise error from exc
+        self._connection = connection
+        self._tx = tx
+        return TransactionScope(connection, pool.database, self)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        connection, pool = self._connection, self._pool
+        if connection is None or pool is None:
+            raise RuntimeError("Transaction.__aexit__ called without __aenter__")
+        breaker = pool.breaker
+        try:
+            if exc is None:
+                self.commit_attempted = True
+                try:
+                    await self._tx.__aexit__(None, None, None)
+                except BaseException as error:
+                    translated = translate_error(
+                        error, pool.database, "committing", during_commit=True
+                    )
+                    record_outcome(breaker, translated, self._started)
+                    if translated is error:
+                        raise
+                    raise translated from error
+                breaker.record_success(time.monotonic() - self._started)
+            else:
+                record_outcome(breaker, exc, self._started)
+                # A failed rollback must not hide the error that caused it;
+                # the connection is discarded on release when it is unusable.
+                with contextlib.suppress(Exception):
+                    await self._tx.__aexit__(exc_type, exc, tb)
+        finally:
+            await pool.release_connection(connection, self.effect)
+
+    def __repr__(self) -> str:
+        return f"<Transaction {self._slot.database.value} options={self._options}>"
+
+
+async def run_in_transaction(
+    slot: PoolSlot,
+    fn: Callable[..., Awaitable[_T]],
+    args: tuple[Any, ...],
+    *,
+    isolation: IsolationLevel | None,
+    readonly: bool,
+    deferrable: bool,
+    attempts: int | None,
+) -> _T:
+    """Run ``fn(scope, *args)`` in a transaction; re-run it whole when that is safe."""
+
+    async def once() -> _T:
+        async with Transaction(slot, isolation, readonly, deferrable) as scope:
+            return await fn(scope, *args)
+
+    started = time.monotonic()
+    try:
+        return await once()
+    except Exception as exc:
+        policy = slot.get().retry
+        limit = attempts if attempts is not None else policy.config.attempts
+        if limit <= 1 or not is_transaction_retryable(exc):
+            raise
+        return await policy.retry_after(
+            exc, started, once, is_transaction_retryable, attempts=limit
+        )
