@@ -58,6 +58,7 @@ TESTING_ALL = [
     "FakeTransactionScope",
     "PostgresNotFoundError",
     "PostgresServer",
+    "TcpProxy",
     "UnscriptedQueryError",
     "find_postgres_bindir",
     "override_with_fakes",

@@ -167,6 +167,7 @@ async def test_stats_snapshot_has_stable_keys(db_env: Servers) -> None:
         "connections_opened",
         "connections_retired",
         "resets",
+        "validations_failed",
     }
     assert stats["database"] == "main"
     assert stats["connections_opened"] == 1

@@ -56,6 +56,12 @@ PER_DATABASE = [
     ),
     ("pool_max_queries", "PG_POOL_MAX_QUERIES", "PG_REFERENCE_POOL_MAX_QUERIES", "1000"),
     (
+        "pool_validation_idle_sec",
+        "PG_POOL_VALIDATION_IDLE_SEC",
+        "PG_REFERENCE_POOL_VALIDATION_IDLE_SEC",
+        "0",
+    ),
+    (
         "pool_statement_cache_size",
         "PG_POOL_STATEMENT_CACHE_SIZE",
         "PG_REFERENCE_POOL_STATEMENT_CACHE_SIZE",

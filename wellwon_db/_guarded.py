@@ -17,7 +17,7 @@ from wellwon_db._breaker import CircuitBreaker
 from wellwon_db._pool import Connection, DatabasePool, PoolSlot, is_availability_failure
 from wellwon_db._pool import translate_error as _translate
 from wellwon_db._retry import is_retryable
-from wellwon_db._session import session_effect
+from wellwon_db._session import SessionEffect, session_effect
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError
 
 __all__ = ["StatementCall", "record_outcome", "run_guarded"]
@@ -57,6 +57,8 @@ async def _attempt(
     except BaseException as exc:
         error = _translate(exc, pool.database, "running a query")
         record_outcome(breaker, error, started)
+        if isinstance(error, DatabaseUnavailableError):
+            effect = SessionEffect.DISCARD  # the connection is not to be trusted again
         if error is exc:
             raise
         raise error from exc

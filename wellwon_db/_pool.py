@@ -63,6 +63,10 @@ _UNAVAILABLE: Final = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.ConnectionDoesNotExistError,
+    # Raised before any I/O when a connection's protocol is in a state it
+    # cannot leave, e.g. the server terminated it while idle and asyncpg has
+    # not yet seen the end of the stream.
+    asyncpg.InternalClientError,
 )
 
 
@@ -91,6 +95,8 @@ def translate_error(
     """
     if isinstance(exc, TimeoutError) or not isinstance(exc, _UNAVAILABLE):
         return exc
+    if isinstance(exc, asyncpg.InternalClientError):
+        may_have_run = False
     return DatabaseUnavailableError(
         f"the {database.value} database is unavailable ({where}): "
         f"{type(exc).__name__}: {_safe_message(exc)}",
@@ -159,11 +165,14 @@ class DatabasePool:
         self.breaker = breaker or CircuitBreaker(database.value)
         self.retry = RetryPolicy(database.value, retry)
         self._birth: dict[int, float] = {}
+        self._idle_since: dict[int, float] = {}
+        self._validation_idle = config.validation_idle
         self._always_reset = config.reset == "always"
         self._max_lifetime = config.max_lifetime
         self._waiting = 0
         self._stats = {
             "acquired": 0,
+            "validations_failed": 0,
             "timeouts": 0,
             "connections_opened": 0,
             "connections_retired": 0,
@@ -333,6 +342,7 @@ class DatabasePool:
         finally:
             self._state = PoolState.CLOSED
             self._birth.clear()
+            self._idle_since.clear()
             logger.debug("closed %r", self)
 
     async def __aenter__(self) -> DatabasePool:
@@ -345,7 +355,9 @@ class DatabasePool:
     # -- leases --------------------------------------------------------------
 
     async def _on_connect(self, connection: asyncpg.Connection[asyncpg.Record]) -> None:
-        self._birth[connection.get_server_pid()] = time.monotonic()
+        self._birth[connection.get_server_pid()] = self._idle_since[
+            connection.get_server_pid()
+        ] = time.monotonic()
         self._stats["connections_opened"] += 1
 
     def _closed_error(self) -> PoolClosedError:
@@ -415,8 +427,50 @@ class DatabasePool:
             raise error from exc
         finally:
             self._waiting -= 1
+        if self._validation_idle and not await self._usable(connection):
+            return await self._replace_dead(connection, started)
         self._stats["acquired"] += 1
         return connection
+
+    async def _usable(self, connection: Connection) -> bool:
+        """Ping a connection idle for longer than ``validation_idle`` (HikariCP's rule)."""
+        idle_since = self._idle_since.get(connection.get_server_pid())
+        if idle_since is None or time.monotonic() - idle_since <= self._validation_idle:
+            return True
+        try:
+            await connection.execute("", timeout=self._config.connect_timeout)
+        except (TimeoutError, Exception):
+            return False
+        return True
+
+    async def _replace_dead(self, dead: Connection, started: float) -> Connection:
+        """Discard ``dead`` and acquire another within what is left of the timeout."""
+        for _ in range(self._config.max_size + 1):
+            self._stats["validations_failed"] += 1
+            await self.release_connection(dead, SessionEffect.DISCARD)
+            remaining = self._config.timeout - (time.monotonic() - started)
+            pool = self._pool
+            if remaining <= 0 or pool is None:
+                break
+            try:
+                connection = await pool.acquire(timeout=remaining)
+            except BaseException as exc:
+                error = translate_error(
+                    exc, self._database, "replacing a dead connection", may_have_run=False
+                )
+                if error is exc:
+                    raise
+                raise error from exc
+            if await self._usable(connection):
+                self._stats["acquired"] += 1
+                return connection
+            dead = connection
+        raise DatabaseUnavailableError(
+            f"the {self._database.value} database at {self._address}: pooled connections are "
+            "dead and no live one could be had in time",
+            database=self._database.value,
+            may_have_run=False,
+        )
 
     async def release_connection(
         self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
@@ -429,15 +483,16 @@ class DatabasePool:
         """
         pool = self._pool
         try:
-            if (
-                effect is SessionEffect.DISCARD
-                or connection.is_closed()
-                or self._expired(connection)
-            ):
+            if connection.is_closed():
+                self._stats["connections_retired"] += 1
+                self._forget(connection)
+            elif effect is SessionEffect.DISCARD or self._expired(connection):
                 await self._retire(connection)
-            elif effect or self._always_reset or connection.is_in_transaction():
-                self._stats["resets"] += 1
-                await self._reset(connection)
+            else:
+                if effect or self._always_reset or connection.is_in_transaction():
+                    self._stats["resets"] += 1
+                    await self._reset(connection)
+                self._idle_since[connection.get_server_pid()] = time.monotonic()
         except asyncio.CancelledError:
             self._discard(connection)
             raise
@@ -469,7 +524,9 @@ class DatabasePool:
 
     def _forget(self, connection: Connection) -> None:
         with contextlib.suppress(asyncpg.InterfaceError):
-            self._birth.pop(connection.get_server_pid(), None)
+            pid = connection.get_server_pid()
+            self._birth.pop(pid, None)
+            self._idle_since.pop(pid, None)
 
     async def _retire(self, connection: Connection) -> None:
         self._stats["connections_retired"] += 1

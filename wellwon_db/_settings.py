@@ -110,6 +110,15 @@ class DatabaseSettings(BaseSettings):
         le=86_400 * 7,
         description="Age in seconds after which a connection is replaced when released; 0: never.",
     )
+    pool_validation_idle_sec: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description=(
+            "A connection idle longer than this is checked with an empty query before it is "
+            "handed out (a dead one is replaced); 0: never checked."
+        ),
+    )
     pool_max_queries: int = Field(
         default=50_000,
         ge=1,
@@ -328,6 +337,7 @@ class PoolConfig:
     connect_timeout: float
     max_inactive_lifetime: float
     max_lifetime: float
+    validation_idle: float
     max_queries: int
     statement_cache_size: int
     application_name: str
@@ -347,6 +357,7 @@ class PoolConfig:
             connect_timeout=settings.pool_connect_timeout_sec,
             max_inactive_lifetime=settings.pool_max_inactive_lifetime_sec,
             max_lifetime=settings.pool_max_lifetime_sec,
+            validation_idle=settings.pool_validation_idle_sec,
             max_queries=settings.pool_max_queries,
             statement_cache_size=settings.pool_statement_cache_size,
             application_name=settings.application_name,

@@ -20,6 +20,7 @@ from wellwon_db._guarded import record_outcome
 from wellwon_db._pool import Connection, DatabasePool, PoolSlot, translate_error
 from wellwon_db._retry import is_transaction_retryable
 from wellwon_db._session import SessionEffect, session_effect
+from wellwon_db.errors import DatabaseUnavailableError
 
 __all__ = ["IsolationLevel", "Transaction", "TransactionScope", "run_in_transaction"]
 
@@ -84,6 +85,8 @@ class TransactionScope:
             return await call(self._connection, query, args, timeout)
         except BaseException as exc:
             error = translate_error(exc, self._database, "running a query in a transaction")
+            if isinstance(error, DatabaseUnavailableError):
+                self._owner.effect = SessionEffect.DISCARD
             if error is exc:
                 raise
             raise error from exc

@@ -3,6 +3,8 @@
 * :func:`override_with_fakes` puts :class:`FakeMainDB`/:class:`FakeReferenceDB`
   in a container and keeps every pool closed.
 * :class:`PostgresServer` starts a real, throwaway PostgreSQL server.
+* :class:`TcpProxy` sits between a client and a server and cuts the link or
+  goes silent on demand, for fault-injection tests.
 * ``pytest_plugins = ["wellwon_db.testing.pytest_plugin"]`` gives fixtures
   for both.
 """
@@ -18,6 +20,7 @@ from wellwon_db.testing._fakes import (
     UnscriptedQueryError,
     override_with_fakes,
 )
+from wellwon_db.testing._proxy import TcpProxy
 from wellwon_db.testing._server import (
     PostgresNotFoundError,
     PostgresServer,
@@ -35,6 +38,7 @@ __all__ = [
     "FakeTransactionScope",
     "PostgresNotFoundError",
     "PostgresServer",
+    "TcpProxy",
     "UnscriptedQueryError",
     "find_postgres_bindir",
     "override_with_fakes",
