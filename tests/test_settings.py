@@ -13,12 +13,12 @@ from wellwon_db import (
     PostgresConfig,
     get_postgres_config,
 )
+from wellwon_db._dsn import redact_dsn
 from wellwon_db._settings import (
     SETTINGS_CLASSES,
     MainDatabaseSettings,
     ReferenceDatabaseSettings,
     env_var_name,
-    redact_dsn,
 )
 
 MAIN_DSN = "postgresql://app:hunter2@db-main:5432/app"

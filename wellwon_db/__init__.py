@@ -14,6 +14,7 @@ from wellwon_db._compat import (
     get_postgres_dsn_for_db,
     init_pool_for_db,
 )
+from wellwon_db._config import PoolConfig, PostgresConfig, get_postgres_config
 from wellwon_db._container import (
     DatabaseContainer,
     database_lifespan,
@@ -24,7 +25,6 @@ from wellwon_db._container import (
 from wellwon_db._database import Database
 from wellwon_db._pool import DatabasePool, PoolState
 from wellwon_db._retry import RetryConfig
-from wellwon_db._settings import PoolConfig, PostgresConfig, get_postgres_config
 from wellwon_db._transaction import TransactionScope
 from wellwon_db.errors import (
     CircuitOpenError,

@@ -19,8 +19,9 @@ import asyncpg
 from wellwon_db._breaker import CircuitBreaker
 from wellwon_db._database import Database
 from wellwon_db._guarded import record_outcome, run_guarded
-from wellwon_db._pool import Connection, DatabasePool, PoolSlot
+from wellwon_db._pool import Connection, DatabasePool
 from wellwon_db._session import SessionEffect
+from wellwon_db._slot import PoolSlot
 from wellwon_db._transaction import (
     IsolationLevel,
     Transaction,

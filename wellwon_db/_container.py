@@ -31,9 +31,10 @@ from typing import Any, TypeAlias, TypeVar
 from dependency_injector import containers, providers
 
 from wellwon_db._client import MainDB, ReferenceDB
+from wellwon_db._config import PostgresConfig, get_postgres_config
 from wellwon_db._database import Database
-from wellwon_db._pool import DatabasePool, PoolSlot
-from wellwon_db._settings import PostgresConfig, get_postgres_config
+from wellwon_db._pool import DatabasePool
+from wellwon_db._slot import PoolSlot
 
 __all__ = [
     "DatabaseContainer",

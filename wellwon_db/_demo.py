@@ -6,9 +6,9 @@ import os
 from collections.abc import Callable
 
 from wellwon_db._client import MainDB, ReferenceDB
+from wellwon_db._config import PostgresConfig, get_postgres_config
 from wellwon_db._container import DatabaseContainer, database_lifespan
 from wellwon_db._database import Database
-from wellwon_db._settings import PostgresConfig, get_postgres_config
 from wellwon_db.testing._server import PostgresServer
 
 __all__ = ["run_demo"]

@@ -1,8 +1,7 @@
 """One asyncpg pool per database: lifecycle, leases, reset policy, stats.
 
-This is the one place where connection-level failures are translated into
-wellwon_db's errors (:func:`translate_error`); PostgreSQL's own errors pass
-through unchanged.
+Connection-level failures are translated into wellwon_db's errors by
+``_failures.translate_error``; PostgreSQL's own errors pass through unchanged.
 """
 
 from __future__ import annotations
@@ -28,46 +27,24 @@ from tenacity import (
 )
 
 from wellwon_db._breaker import CircuitBreaker
+from wellwon_db._config import PoolConfig
 from wellwon_db._database import Database
+from wellwon_db._dsn import redact_dsn
+from wellwon_db._failures import translate_error
 from wellwon_db._retry import RetryConfig, RetryPolicy
 from wellwon_db._session import SessionEffect
-from wellwon_db._settings import PoolConfig, redact_dsn
 from wellwon_db.errors import (
-    CircuitOpenError,
     DatabaseUnavailableError,
     PoolClosedError,
     PoolTimeoutError,
 )
 
-__all__ = [
-    "Connection",
-    "DatabasePool",
-    "PoolSlot",
-    "PoolState",
-    "is_availability_failure",
-    "translate_error",
-]
+__all__ = ["Connection", "DatabasePool", "PoolState"]
 
 logger = logging.getLogger("wellwon_db.pool")
 
 #: What a lease hands out: asyncpg's pooled connection proxy.
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
-
-#: Errors that mean the database (not the SQL) failed: refused, reset,
-#: shutting down, too many connections, connection lost mid-statement.
-_UNAVAILABLE: Final = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.ConnectionDoesNotExistError,
-    # Raised before any I/O when a connection's protocol is in a state it
-    # cannot leave, e.g. the server terminated it while idle and asyncpg has
-    # not yet seen the end of the stream.
-    asyncpg.InternalClientError,
-)
 
 
 class PoolState(enum.Enum):
@@ -78,48 +55,6 @@ class PoolState(enum.Enum):
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
-
-
-def translate_error(
-    exc: BaseException,
-    database: Database,
-    where: str,
-    *,
-    may_have_run: bool = True,
-    during_commit: bool = False,
-) -> BaseException:
-    """Map a connection-level failure to ``DatabaseUnavailableError``; others unchanged.
-
-    ``TimeoutError`` (a command timeout) and PostgreSQL errors about the SQL
-    itself are returned as they are. The caller raises the result ``from exc``.
-    """
-    if isinstance(exc, TimeoutError) or not isinstance(exc, _UNAVAILABLE):
-        return exc
-    if isinstance(exc, asyncpg.InternalClientError):
-        may_have_run = False
-    return DatabaseUnavailableError(
-        f"the {database.value} database is unavailable ({where}): "
-        f"{type(exc).__name__}: {_safe_message(exc)}",
-        database=database.value,
-        may_have_run=may_have_run,
-        during_commit=during_commit,
-    )
-
-
-def is_availability_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database (not the SQL) failed: what a breaker counts.
-
-    Unavailable and pool-timeout errors, command timeouts, and untranslated
-    connection-level errors count; errors of the SQL and cancellation do not.
-    """
-    if isinstance(exc, DatabaseUnavailableError | TimeoutError):
-        return not isinstance(exc, CircuitOpenError)
-    return isinstance(exc, _UNAVAILABLE)
-
-
-def _safe_message(exc: BaseException) -> str:
-    # asyncpg's connection errors carry host/port, never the password; be sure.
-    return str(exc).replace("\n", " ")[:300] or "no detail"
 
 
 #: What a reset undoes: everything DISCARD ALL does except deallocating
@@ -569,36 +504,3 @@ class DatabasePool:
             "waiting": self._waiting,
             **self._stats,
         }
-
-
-class PoolSlot:
-    """The stable place where a database's current pool lives.
-
-    Clients hold the slot, not the pool: when the container stops and starts
-    again, the same clients reach the new pool. ``pool`` is ``None`` while no
-    pool is open. The slot also keeps the database's circuit breaker.
-    """
-
-    __slots__ = ("breaker", "database", "pool")
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-        self.pool: DatabasePool | None = None
-        #: The database's breaker; it outlives pools, so listeners stay attached.
-        self.breaker = CircuitBreaker(database.value)
-
-    def __repr__(self) -> str:
-        return f"<PoolSlot {self.database.value} {self.pool!r}>"
-
-    def get(self) -> DatabasePool:
-        """The open pool; ``PoolClosedError`` saying how to start it when there is none."""
-        pool = self.pool
-        if pool is None:
-            raise PoolClosedError(
-                f"the {self.database.value} database pool is not open: start it with "
-                "`await wellwon_db.start_databases(container)` (or `database_lifespan`) "
-                "before using the client; after stop_databases() the client works again "
-                "once the pools are started",
-                database=self.database.value,
-            )
-        return pool

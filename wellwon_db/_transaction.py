@@ -16,10 +16,12 @@ from typing import Any, Literal, TypeVar
 import asyncpg
 
 from wellwon_db._database import Database
+from wellwon_db._failures import translate_error
 from wellwon_db._guarded import record_outcome
-from wellwon_db._pool import Connection, DatabasePool, PoolSlot, translate_error
+from wellwon_db._pool import Connection, DatabasePool
 from wellwon_db._retry import is_transaction_retryable
 from wellwon_db._session import SessionEffect, session_effect
+from wellwon_db._slot import PoolSlot
 from wellwon_db.errors import DatabaseUnavailableError
 
 __all__ = ["IsolationLevel", "Transaction", "TransactionScope", "run_in_transaction"]

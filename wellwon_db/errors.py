@@ -13,7 +13,7 @@ PostgreSQL's own errors (unique violation, syntax error, serialization
 failure, ...) reach the caller unchanged as ``asyncpg.PostgresError``
 subclasses: application code already catches those. Connection-level failures
 (refused, reset, timed out, server shutting down) are translated into
-:class:`DatabaseUnavailableError` in exactly one place, ``_pool.py``, and
+:class:`DatabaseUnavailableError` in exactly one place, ``_failures.py``, and
 raised ``from`` the original error.
 
 No message ever contains a DSN password: errors name the database, host,

@@ -28,7 +28,8 @@ from dependency_injector import providers
 from wellwon_db._client import DatabaseClient, MainDB, ReferenceDB
 from wellwon_db._container import ContainerLike
 from wellwon_db._database import Database
-from wellwon_db._pool import Connection, PoolSlot
+from wellwon_db._pool import Connection
+from wellwon_db._slot import PoolSlot
 from wellwon_db._transaction import IsolationLevel, TransactionScope
 
 __all__ = [

@@ -1,0 +1,51 @@
+"""DSN checks and redaction: the one place that parses a DSN for display."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from wellwon_db.errors import ConfigurationError
+
+__all__ = ["redact_dsn", "validate_dsn"]
+
+_DSN_SCHEMES = ("postgres", "postgresql")
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with any password replaced by ``***``, for logs and errors."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparseable DSN>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
+    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def validate_dsn(dsn: str, env_var: str) -> None:
+    """Raise ``ConfigurationError`` naming ``env_var`` unless ``dsn`` is a postgres URL."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in _DSN_SCHEMES:
+        scheme = parts.scheme if parts is not None and parts.scheme else "none"
+        raise ConfigurationError(
+            f"{env_var} must be a postgresql:// or postgres:// URL (got scheme {scheme!r}); "
+            f"set {env_var}=postgresql://user:password@host:port/dbname",
+            env_var=env_var,
+        )
+    if "," not in parts.netloc:
+        try:
+            parts.port  # noqa: B018 (parsing validates the port)
+        except ValueError:
+            raise ConfigurationError(
+                f"{env_var} has an invalid port (0-65535 expected); "
+                f"set {env_var}=postgresql://user:password@host:port/dbname",
+                env_var=env_var,
+            ) from None
