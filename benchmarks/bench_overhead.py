@@ -1,0 +1,181 @@
+"""Per-query overhead of wellwon_db against raw asyncpg, measured in one interleaved run.
+
+Starts its own throwaway PostgreSQL server, then for each workload and
+concurrency runs every client for ``--duration`` seconds per round, in the
+order A B C D A B C D ... for ``--rounds`` rounds, and reports the median
+ops/s, p50/p99 latency and each client's ratio to raw asyncpg (default
+reset) measured in the same round. Absolute numbers move with machine load;
+the ratios are the result.
+
+    python -m benchmarks.bench_overhead --rounds 5 --duration 2 --uvloop
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from wellwon_db import Database, DatabasePool, MainDB, PostgresConfig
+from wellwon_db._breaker import BreakerConfig, CircuitBreaker
+from wellwon_db._retry import RetryConfig
+from wellwon_db.testing import PostgresServer
+
+POOL_SIZE = 20
+
+Query = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class Result:
+    ops: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+
+
+async def _noop_reset(connection: object) -> None:
+    pass
+
+
+async def _run_for(query: Query, concurrency: int, duration: float) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await query()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return len(latencies) / elapsed, latencies
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+async def _clients(dsn: str) -> dict[str, tuple[Any, Callable[[Any, str, Any], Query]]]:
+    raw_default = await asyncpg.create_pool(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
+    raw_noop = await asyncpg.create_pool(
+        dsn, min_size=POOL_SIZE, max_size=POOL_SIZE, reset=_noop_reset
+    )
+    base = PostgresConfig.load(env_file=None).get_pool_config(Database.MAIN)
+    from dataclasses import replace
+
+    config = replace(base, min_size=POOL_SIZE, max_size=POOL_SIZE)
+    ours = DatabasePool(Database.MAIN, dsn, config)
+    await ours.open()
+    bare = DatabasePool(
+        Database.MAIN,
+        dsn,
+        config,
+        breaker=CircuitBreaker("main", BreakerConfig(enabled=False)),
+        retry=RetryConfig(attempts=1),
+    )
+    await bare.open()
+
+    def raw(pool: asyncpg.Pool[Any], sql: str, arg: Any) -> Query:
+        if arg is None:
+            return lambda: pool.fetchval(sql)
+        return lambda: pool.fetchrow(sql, arg)
+
+    def client(pool: DatabasePool, sql: str, arg: Any) -> Query:
+        db = MainDB(pool)
+        if arg is None:
+            return lambda: db.fetchval(sql)
+        return lambda: db.fetchrow(sql, arg)
+
+    return {
+        "asyncpg (default reset)": (raw_default, raw),
+        "asyncpg (no-op reset)": (raw_noop, raw),
+        "MainDB (breaker+retry)": (ours, client),
+        "MainDB (breaker/retry off)": (bare, client),
+    }
+
+
+WORKLOADS = {
+    "SELECT 1": ("SELECT 1", None),
+    "pk lookup": ("SELECT id, name, email FROM bench_users WHERE id = $1", 42),
+}
+
+
+async def _main(args: argparse.Namespace) -> None:
+    with PostgresServer("bench", settings={"max_connections": "200"}) as server:
+        dsn = server.dsn()
+        setup = await asyncpg.connect(dsn)
+        await setup.execute(
+            "CREATE TABLE bench_users (id int PRIMARY KEY, name text, email text);"
+            "INSERT INTO bench_users SELECT i, 'user' || i, 'u' || i || '@example.com' "
+            "FROM generate_series(1, 1000) i"
+        )
+        await setup.close()
+        clients = await _clients(dsn)
+        names = list(clients)
+        print(
+            f"# python {sys.version.split()[0]}, loop={'uvloop' if args.uvloop else 'asyncio'}, "
+            f"pool {POOL_SIZE}, {args.rounds} rounds x {args.duration}s, cpus {os.cpu_count()}"
+        )
+        for workload, (sql, arg) in WORKLOADS.items():
+            for concurrency in args.concurrency:
+                results = {name: Result() for name in names}
+                for _ in range(args.rounds):
+                    baseline = 0.0
+                    for name in names:
+                        pool, make = clients[name]
+                        ops, latencies = await _run_for(
+                            make(pool, sql, arg), concurrency, args.duration
+                        )
+                        if name == names[0]:
+                            baseline = ops
+                        result = results[name]
+                        result.ops.append(ops)
+                        result.ratios.append(ops / baseline)
+                        result.p50.append(_percentile(latencies, 0.50))
+                        result.p99.append(_percentile(latencies, 0.99))
+                print(f"\n## {workload}, concurrency {concurrency}\n")
+                print("| client | ops/s | p50 ms | p99 ms | ratio to asyncpg (default reset) |")
+                print("| --- | ---: | ---: | ---: | ---: |")
+                for name in names:
+                    r = results[name]
+                    print(
+                        f"| {name} | {statistics.median(r.ops):,.0f} | "
+                        f"{statistics.median(r.p50) * 1000:.2f} | "
+                        f"{statistics.median(r.p99) * 1000:.2f} | "
+                        f"{statistics.median(r.ratios):.2f}x |"
+                    )
+        for pool, _ in clients.values():
+            await pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds per client per round")
+    parser.add_argument(
+        "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32]
+    )
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(_main(args))
+    else:
+        asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
