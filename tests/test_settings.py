@@ -75,6 +75,21 @@ PER_DATABASE = [
     ),
     ("pool_reset", "PG_POOL_RESET", "PG_REFERENCE_POOL_RESET", "always"),
     ("startup_wait_sec", "PG_STARTUP_WAIT_SEC", "PG_REFERENCE_STARTUP_WAIT_SEC", "15"),
+    (
+        "pool_exhaustion_warn_sec",
+        "PG_POOL_EXHAUSTION_WARN_SEC",
+        "PG_REFERENCE_POOL_EXHAUSTION_WARN_SEC",
+        "0",
+    ),
+    (
+        "pool_exhaustion_utilisation",
+        "PG_POOL_EXHAUSTION_UTILISATION",
+        "PG_REFERENCE_POOL_EXHAUSTION_UTILISATION",
+        "75",
+    ),
+    ("log_slow_query_sec", "PG_LOG_SLOW_QUERY_SEC", "PG_REFERENCE_LOG_SLOW_QUERY_SEC", "0.5"),
+    ("health_required", "PG_HEALTH_REQUIRED", "PG_REFERENCE_HEALTH_REQUIRED", "false"),
+    ("health_timeout_sec", "PG_HEALTH_TIMEOUT_SEC", "PG_REFERENCE_HEALTH_TIMEOUT_SEC", "5"),
     ("startup_required", "PG_STARTUP_REQUIRED", "PG_REFERENCE_STARTUP_REQUIRED", "false"),
     ("breaker_enabled", "PG_BREAKER_ENABLED", "PG_REFERENCE_BREAKER_ENABLED", "false"),
     (

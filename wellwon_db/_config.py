@@ -34,7 +34,13 @@ from wellwon_db._settings import (
 )
 from wellwon_db.errors import ConfigurationError
 
-__all__ = ["PoolConfig", "PostgresConfig", "get_postgres_config"]
+__all__ = [
+    "HealthConfig",
+    "PoolConfig",
+    "PostgresConfig",
+    "TelemetryConfig",
+    "get_postgres_config",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,8 @@ class PoolConfig:
     reset: ResetPolicy
     startup_wait: float = 0.0
     startup_required: bool = True
+    exhaustion_warn: float = 5.0
+    exhaustion_utilisation: float = 90.0
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> PoolConfig:
@@ -79,7 +87,24 @@ class PoolConfig:
             reset=settings.pool_reset,
             startup_wait=settings.startup_wait_sec,
             startup_required=settings.startup_required,
+            exhaustion_warn=settings.pool_exhaustion_warn_sec,
+            exhaustion_utilisation=settings.pool_exhaustion_utilisation,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Readiness of one database: whether it is required, and the check's timeout (s)."""
+
+    required: bool = True
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Logging thresholds of one database: statements slower than ``slow_query`` s (0: off)."""
+
+    slow_query: float = 1.0
 
 
 class PostgresConfig(BaseModel):
@@ -149,6 +174,15 @@ class PostgresConfig(BaseModel):
             half_open_calls=s.breaker_half_open_calls,
         )
 
+    def get_health_config(self, database: Database | str) -> HealthConfig:
+        """Readiness settings of ``database``."""
+        s = self.settings_for(database)
+        return HealthConfig(required=s.health_required, timeout=s.health_timeout_sec)
+
+    def get_telemetry_config(self, database: Database | str) -> TelemetryConfig:
+        """Logging thresholds of ``database``."""
+        return TelemetryConfig(slow_query=self.settings_for(database).log_slow_query_sec)
+
     def get_retry_config(self, database: Database | str) -> RetryConfig:
         """The retry policy settings of ``database``."""
         s = self.settings_for(database)
@@ -206,7 +240,7 @@ def _field_for_loc(settings_class: type[DatabaseSettings], loc: str) -> str | No
     return None
 
 
-_GROUPS = "POOL|BREAKER|RETRY|STARTUP"
+_GROUPS = "POOL|BREAKER|RETRY|STARTUP|HEALTH|LOG"
 _POOL_VAR = re.compile(rf"^PG_(?:(?P<db>[A-Z0-9]+)_)?(?:{_GROUPS})_(?P<knob>[A-Z0-9_]+)$")
 _DSN_VAR = re.compile(r"^POSTGRES_(?:(?P<db>[A-Z0-9]+)_)?DSN$")
 

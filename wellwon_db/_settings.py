@@ -137,6 +137,37 @@ class DatabaseSettings(BaseSettings):
         ),
     )
 
+    pool_exhaustion_warn_sec: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description=(
+            "Warn once per episode when tasks wait for a connection, or utilisation stays at or "
+            "above POOL_EXHAUSTION_UTILISATION, for this many seconds; 0: never."
+        ),
+    )
+    pool_exhaustion_utilisation: float = Field(
+        default=90.0,
+        gt=0,
+        le=100,
+        description="Percent of max_size in use that counts as pool pressure.",
+    )
+    log_slow_query_sec: float = Field(
+        default=1.0,
+        ge=0,
+        le=86_400,
+        description="Log statements that take at least this long (logger wellwon_db.slow); 0: off.",
+    )
+    health_required: bool = Field(
+        default=True,
+        description=(
+            "false: this database being down makes the service degraded, not down "
+            "(readiness can stay up)."
+        ),
+    )
+    health_timeout_sec: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds one health check may take."
+    )
     startup_wait_sec: float = Field(
         default=0.0,
         ge=0,
