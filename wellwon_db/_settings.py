@@ -156,7 +156,7 @@ class DatabaseSettings(BaseSettings):
         default=1.0,
         ge=0,
         le=86_400,
-        description="Log statements that take at least this long (logger wellwon_db.slow); 0: off.",
+        description="Log statements at least this slow (logger wellwon_db.slow); 0: off.",
     )
     health_required: bool = Field(
         default=True,
