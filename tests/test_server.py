@@ -295,15 +295,17 @@ def test_bindir_env_wins_over_everything(tmp_path: Path, monkeypatch: pytest.Mon
     assert find_postgres_bindir() == explicit
 
 
-def test_bindir_env_without_binaries_falls_through_to_path(
+def test_bindir_env_without_binaries_is_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_postgres: dict[str, Any]
 ) -> None:
+    """An explicit setting that is wrong must not silently pick another installation."""
     empty = tmp_path / "empty"
     empty.mkdir()
     on_path = _fake_bindir(tmp_path / "on_path")
     monkeypatch.setenv("WELLWON_PG_BINDIR", str(empty))
     no_postgres["which"] = str(on_path / "postgres")
-    assert find_postgres_bindir() == on_path.resolve()
+    with pytest.raises(PostgresNotFoundError, match=r"WELLWON_PG_BINDIR=.*unset it"):
+        find_postgres_bindir()
 
 
 def test_path_wins_over_system_directories(tmp_path: Path, no_postgres: dict[str, Any]) -> None:
@@ -337,9 +339,6 @@ def test_pypi_wheel_is_the_last_resort(tmp_path: Path, no_postgres: dict[str, An
 def test_nothing_found_says_how_to_get_postgres(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_postgres: dict[str, Any]
 ) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    monkeypatch.setenv("WELLWON_PG_BINDIR", str(empty))
     no_postgres["globbed"] = [str(_fake_bindir(tmp_path / "15" / "bin", executable=False))]
     with pytest.raises(PostgresNotFoundError) as info:
         find_postgres_bindir()

@@ -246,34 +246,51 @@ _DSN_VAR = re.compile(r"^POSTGRES_(?:(?P<db>[A-Z0-9]+)_)?DSN$")
 
 
 def _check_unknown_variables(environ: Mapping[str, str]) -> None:
-    """Reject variables in our namespace that no database reads (typos, unknown databases)."""
+    """Reject variables in our namespace that no database reads.
+
+    Caught: unknown databases (``PG_REPLICA_POOL_MAX_SIZE``), unknown knobs
+    (``PG_POOL_MAX_SZE``), main spelled as a database (``POSTGRES_MAIN_DSN``),
+    anything under another database's prefix (``PG_REFERENCE_...``), and
+    near misses of a real name. Unrelated variables (``POSTGRES_PASSWORD``,
+    ``PG_COLOR``) are left alone.
+    """
     known = {
         name
         for settings_class in SETTINGS_CLASSES.values()
         for field in settings_class.model_fields
         for name in env_var_names(settings_class, field)
     }
-    db_names = {database.value.upper() for database in Database}
-    problems = []
+    prefixes = tuple(
+        str(settings_class.model_config.get("env_prefix", "")).upper()
+        for database, settings_class in SETTINGS_CLASSES.items()
+        if database is not Database.MAIN
+    )
+    db_names = {database.value.upper() for database in Database if database is not Database.MAIN}
+    known_list = ", ".join(database.value for database in Database)
+    problems: list[tuple[str, str]] = []
     for raw_name in environ:
         name = raw_name.upper()
         if name in known:
             continue
-        pool_match = _POOL_VAR.match(name)
-        match = pool_match or _DSN_VAR.match(name)
+        match = _POOL_VAR.match(name) or _DSN_VAR.match(name)
         db = match.group("db") if match else None
-        if db is not None and db not in db_names:
-            known_list = ", ".join(sorted(d.value for d in Database))
+        hint = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        suggestion = f"; did you mean {hint[0]}?" if hint else ""
+        if db == "MAIN":
             problems.append(
-                f"  {name}: unknown database {db.lower()!r} (known databases: {known_list})"
+                (name, f"the main database has no infix (POSTGRES_DSN, PG_POOL_...){suggestion}")
             )
-        elif pool_match or name.startswith("PG_REFERENCE_"):
-            hint = difflib.get_close_matches(name, known, n=1)
-            suggestion = f"; did you mean {hint[0]}?" if hint else ""
-            problems.append(f"  {name}: not a wellwon_db setting{suggestion}")
+        elif db is not None and db not in db_names:
+            problems.append(
+                (name, f"unknown database {db.lower()!r} (known: {known_list}){suggestion}")
+            )
+        elif match or name.startswith(prefixes) or (hint and name.startswith("PG_")):
+            problems.append((name, f"not a wellwon_db setting{suggestion}"))
     if problems:
-        detail = "\n".join(sorted(problems))
+        problems.sort()
+        detail = "\n".join(f"  {name}: {why}" for name, why in problems)
         raise ConfigurationError(
             "unknown database settings in the environment or .env:\n"
-            f"{detail}\nsee docs/configuration.md for every setting"
+            f"{detail}\nsee docs/configuration.md for every setting",
+            env_var=problems[0][0],
         )

@@ -33,6 +33,7 @@ from wellwon_db._dsn import redact_dsn
 from wellwon_db._failures import translate_error
 from wellwon_db._retry import RetryConfig, RetryPolicy
 from wellwon_db._session import SessionEffect
+from wellwon_db._settings import SETTINGS_CLASSES, env_var_name
 from wellwon_db.errors import (
     DatabaseUnavailableError,
     PoolClosedError,
@@ -57,8 +58,8 @@ class PoolState(enum.Enum):
     CLOSED = "closed"
 
 
-#: What a reset undoes: everything DISCARD ALL does except deallocating
-#: prepared statements, which asyncpg's statement cache relies on.
+#: What a reset undoes: what DISCARD ALL does except deallocating prepared
+#: statements and dropping their plans, which asyncpg's statement cache uses.
 RESET_SQL: Final = (
     "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; "
     "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
@@ -295,6 +296,9 @@ class DatabasePool:
         ] = time.monotonic()
         self._stats["connections_opened"] += 1
 
+    def _env(self, field: str) -> str:
+        return env_var_name(SETTINGS_CLASSES[self._database], field)
+
     def _closed_error(self) -> PoolClosedError:
         if self._state is PoolState.NEW or self._state is PoolState.OPENING:
             what = "has not been opened yet; start the container's resources first"
@@ -342,8 +346,8 @@ class DatabasePool:
             raise PoolTimeoutError(
                 f"no connection to the {self._database.value} database within {timeout:g}s: "
                 f"all {self._config.max_size} connections in use, {waiters} tasks waiting "
-                "(raise PG_*POOL_MAX_SIZE or PG_*POOL_TIMEOUT_SEC, or hold connections "
-                "for shorter)",
+                f"(raise {self._env('pool_max_size')} or {self._env('pool_timeout_sec')}, "
+                "or hold connections for shorter)",
                 database=self._database.value,
                 max_size=self._config.max_size,
                 waiters=waiters,

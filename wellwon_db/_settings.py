@@ -126,6 +126,7 @@ class DatabaseSettings(BaseSettings):
     pool_application_name: str | None = Field(
         default=None,
         min_length=1,
+        pattern=r"\S",
         max_length=63,
         description="application_name reported to the server; default wellwon_db:<database>.",
     )
@@ -274,11 +275,15 @@ class DatabaseSettings(BaseSettings):
             ("breaker_open_sec", "breaker_open_max_sec"),
             ("retry_backoff_sec", "retry_backoff_max_sec"),
         ):
+            if getattr(self, low) > getattr(self, high) and high not in self.model_fields_set:
+                # Only the lower bound was set: the default cap follows it up.
+                object.__setattr__(self, high, getattr(self, low))
             if getattr(self, low) > getattr(self, high):
                 low_var, high_var = env_var_name(type(self), low), env_var_name(type(self), high)
                 raise ConfigurationError(
                     f"{low_var}={getattr(self, low):g} is greater than {high_var}="
-                    f"{getattr(self, high):g}; set {low_var} <= {high_var}",
+                    f"{getattr(self, high):g} for the {self.database.value} database; "
+                    f"set {low_var} <= {high_var}",
                     env_var=low_var,
                 )
         return self

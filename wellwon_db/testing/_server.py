@@ -29,6 +29,7 @@ from collections.abc import Coroutine
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import asyncpg
 
@@ -54,7 +55,13 @@ def find_postgres_bindir() -> Path:
     """
     candidates: list[Path] = []
     if explicit := os.environ.get("WELLWON_PG_BINDIR"):
-        candidates.append(Path(explicit))
+        bindir = Path(explicit)
+        if all(os.access(bindir / tool, os.X_OK) for tool in _REQUIRED):
+            return bindir
+        raise PostgresNotFoundError(
+            f"WELLWON_PG_BINDIR={explicit} does not hold executable initdb and postgres; "
+            "point it at PostgreSQL's bin directory or unset it"
+        )
     if on_path := shutil.which("postgres"):
         candidates.append(Path(on_path).resolve().parent)
     candidates.extend(
@@ -251,7 +258,7 @@ class PostgresServer:
         self, database: str = "postgres", *, user: str = "postgres", password: str = ""
     ) -> str:
         """A DSN for ``database`` on this server."""
-        auth = f"{user}:{password}" if password else user
+        auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
         return f"postgresql://{auth}@{self.host}:{self.port}/{database}"
 
     def is_running(self) -> bool:

@@ -1,4 +1,4 @@
-"""pytest fixtures: throwaway PostgreSQL servers and fake-overridden containers.
+"""pytest fixtures: throwaway PostgreSQL servers.
 
 Enable with ``pytest_plugins = ["wellwon_db.testing.pytest_plugin"]`` in a
 ``conftest.py``.
@@ -31,9 +31,7 @@ def postgres_server_factory() -> Iterator[Callable[[str], PostgresServer]]:
 
 
 @pytest.fixture
-def postgres_server(
-    postgres_server_factory: Callable[[str], PostgresServer],
-) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     """A started server of this test's own, deleted afterwards (safe to stop or kill)."""
     server = PostgresServer("test")
     yield server.start()
