@@ -26,6 +26,7 @@ from wellwon_db._database import Database
 from wellwon_db._pool import DatabasePool, PoolState
 from wellwon_db._retry import RetryConfig
 from wellwon_db._transaction import TransactionScope
+from wellwon_db._version import __version__ as __version__
 from wellwon_db.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -34,8 +35,6 @@ from wellwon_db.errors import (
     PoolTimeoutError,
     WellwonDBError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BreakerConfig",

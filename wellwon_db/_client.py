@@ -180,7 +180,9 @@ class DatabaseClient:
         idempotent: bool = False,
     ) -> None:
         """Run ``query`` once per tuple in ``args``; all or nothing."""
-        await run_guarded(self._slot, executemany_call, query, args, timeout, idempotent)
+        await run_guarded(
+            self._slot, executemany_call, query, args, timeout, idempotent, batch=True
+        )
 
     def transaction(
         self,

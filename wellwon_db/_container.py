@@ -69,6 +69,7 @@ async def open_database_pool(
         config.get_pool_config(database),
         breaker=slot.breaker,
         retry=config.get_retry_config(database),
+        telemetry=config.get_telemetry_config(database),
     )
     await pool.open()
     slot.pool = pool

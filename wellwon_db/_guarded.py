@@ -43,22 +43,37 @@ def record_outcome(breaker: CircuitBreaker, exc: BaseException, started: float) 
 
 
 async def _attempt(
-    pool: DatabasePool, call: StatementCall[_T], query: str, args: Any, timeout: float | None
+    pool: DatabasePool,
+    call: StatementCall[_T],
+    query: str,
+    args: Any,
+    timeout: float | None,
+    batch: bool,
 ) -> _T:
-    breaker = pool.breaker
-    breaker.allow()
+    telemetry = pool.telemetry
+    span = telemetry.start(query, batch=batch)
     started = _monotonic()
+    breaker = pool.breaker
+    try:
+        breaker.allow()
+    except BaseException as exc:
+        telemetry.finish(span, query, started, exc, batch=batch)
+        raise
     try:
         connection = await pool.acquire_connection()
     except BaseException as exc:
         record_outcome(breaker, exc, started)
+        telemetry.finish(span, query, started, exc, batch=batch)
         raise
+    if span is not None:
+        telemetry.waited(span, _monotonic() - started)
     effect = session_effect(query)
     try:
         result = await call(connection, query, args, timeout)
     except BaseException as exc:
         error = _translate(exc, pool.database, "running a query")
         record_outcome(breaker, error, started)
+        telemetry.finish(span, query, started, error, batch=batch)
         if isinstance(error, DatabaseUnavailableError):
             effect = SessionEffect.DISCARD  # the connection is not to be trusted again
         if error is exc:
@@ -67,6 +82,7 @@ async def _attempt(
     finally:
         await pool.release_connection(connection, effect)
     breaker.record_success(_monotonic() - started)
+    telemetry.finish(span, query, started, batch=batch)
     return result
 
 
@@ -77,18 +93,22 @@ async def run_guarded(
     args: Any,
     timeout: float | None,
     idempotent: bool,
+    batch: bool = False,
 ) -> _T:
-    """Run one statement on ``slot``'s pool; retry only when it is safe (see ``_retry``)."""
+    """Run one statement on ``slot``'s pool; retry only when it is safe (see ``_retry``).
+
+    Each attempt is one CLIENT span; ``batch`` marks ``executemany``.
+    """
     pool = slot.get()
     started = _monotonic()
     try:
-        return await _attempt(pool, call, query, args, timeout)
+        return await _attempt(pool, call, query, args, timeout, batch)
     except DatabaseUnavailableError as exc:
         if not pool.retry.enabled or not is_retryable(exc, idempotent=idempotent):
             raise
         return await pool.retry.retry_after(
             exc,
             started,
-            lambda: _attempt(slot.get(), call, query, args, timeout),
+            lambda: _attempt(slot.get(), call, query, args, timeout, batch),
             functools.partial(is_retryable, idempotent=idempotent),
         )

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -27,13 +27,19 @@ from tenacity import (
 )
 
 from wellwon_db._breaker import CircuitBreaker
-from wellwon_db._config import PoolConfig
+from wellwon_db._config import PoolConfig, TelemetryConfig
 from wellwon_db._database import Database
 from wellwon_db._dsn import redact_dsn
 from wellwon_db._failures import translate_error
 from wellwon_db._retry import RetryConfig, RetryPolicy
 from wellwon_db._session import SessionEffect
 from wellwon_db._settings import SETTINGS_CLASSES, env_var_name
+from wellwon_db._telemetry import (
+    PoolTelemetry,
+    record_breaker_transition,
+    register_pool,
+    unregister_pool,
+)
 from wellwon_db.errors import (
     DatabaseUnavailableError,
     PoolClosedError,
@@ -70,6 +76,24 @@ async def _keep_session(connection: object) -> None:
     """asyncpg ``reset`` hook: the lease already reset what needed it."""
 
 
+class _ConnectionInfo:
+    """What the pool remembers of one server connection (keyed by backend pid)."""
+
+    __slots__ = ("born", "idle_since", "leased_at")
+
+    def __init__(self, born: float) -> None:
+        self.born = born
+        self.idle_since = born
+        self.leased_at: float | None = None
+
+
+def _port(parts: SplitResult) -> int | None:
+    try:
+        return parts.port or 5432
+    except ValueError:
+        return None
+
+
 class DatabasePool:
     """An asyncpg pool bound to one database and its :class:`PoolConfig`.
 
@@ -86,6 +110,7 @@ class DatabasePool:
         *,
         breaker: CircuitBreaker | None = None,
         retry: RetryConfig | None = None,
+        telemetry: TelemetryConfig | None = None,
     ) -> None:
         if config.database is not database:
             raise ValueError(
@@ -98,11 +123,16 @@ class DatabasePool:
         self._state = PoolState.NEW
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self._connector: asyncio.Task[None] | None = None
-        self.breaker = breaker or CircuitBreaker(database.value)
+        if breaker is None:
+            breaker = CircuitBreaker(database.value)
+            breaker.add_listener(record_breaker_transition)
+        self.breaker = breaker
         self.retry = RetryPolicy(database.value, retry)
-        self._birth: dict[int, float] = {}
-        self._idle_since: dict[int, float] = {}
+        self._connections: dict[int, _ConnectionInfo] = {}
         self._validation_idle = config.validation_idle
+        self._leased = 0
+        self._pressure_since: float | None = None
+        self._pressure_warned = False
         self._always_reset = config.reset == "always"
         self._max_lifetime = config.max_lifetime
         self._waiting = 0
@@ -117,6 +147,15 @@ class DatabasePool:
         parts = urlsplit(dsn)
         self._address = parts.netloc.rpartition("@")[2] or "localhost"
         self._dbname = parts.path.lstrip("/") or None
+        single_host = "," not in parts.netloc
+        self.telemetry = PoolTelemetry(
+            database.value,
+            host=parts.hostname if single_host else None,
+            port=_port(parts) if single_host else None,
+            namespace=self._dbname,
+            pool_name=config.application_name,
+            slow_query=(telemetry or TelemetryConfig()).slow_query,
+        )
 
     # -- description ---------------------------------------------------------
 
@@ -183,6 +222,7 @@ class DatabasePool:
             self._state = PoolState.CLOSED
             raise
         self._state = PoolState.OPEN
+        register_pool(self)
         logger.debug("opened %r", self)
 
     async def _connect_within(self, wait: float) -> asyncpg.Pool[asyncpg.Record]:
@@ -229,6 +269,7 @@ class DatabasePool:
                 server_settings={"application_name": config.application_name},
                 init=self._on_connect,
                 reset=_keep_session,
+                connect=self._timed_connect,
             )
         except TimeoutError as exc:
             raise DatabaseUnavailableError(
@@ -277,8 +318,8 @@ class DatabasePool:
                     raise
         finally:
             self._state = PoolState.CLOSED
-            self._birth.clear()
-            self._idle_since.clear()
+            self._connections.clear()
+            unregister_pool(self)
             logger.debug("closed %r", self)
 
     async def __aenter__(self) -> DatabasePool:
@@ -290,10 +331,15 @@ class DatabasePool:
 
     # -- leases --------------------------------------------------------------
 
+    async def _timed_connect(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        connection = await asyncpg.connect(*args, **kwargs)
+        self.telemetry.connection_created(time.monotonic() - started)
+        return connection
+
     async def _on_connect(self, connection: asyncpg.Connection[asyncpg.Record]) -> None:
-        self._birth[connection.get_server_pid()] = self._idle_since[
-            connection.get_server_pid()
-        ] = time.monotonic()
+        now = time.monotonic()
+        self._connections[connection.get_server_pid()] = _ConnectionInfo(now)
         self._stats["connections_opened"] += 1
 
     def _env(self, field: str) -> str:
@@ -367,14 +413,61 @@ class DatabasePool:
         finally:
             self._waiting -= 1
         if self._validation_idle and not await self._usable(connection):
-            return await self._replace_dead(connection, started)
-        self._stats["acquired"] += 1
+            connection = await self._replace_dead(connection, started)
+        self._begin_lease(connection, started)
         return connection
+
+    def _begin_lease(self, connection: Connection, started: float) -> None:
+        now = time.monotonic()
+        info = self._connections.get(connection.get_server_pid())
+        if info is not None:
+            info.leased_at = now
+        self._stats["acquired"] += 1
+        self._leased += 1
+        self.telemetry.connection_acquired(now - started)
+        self._watch_pressure(now)
+
+    def _watch_pressure(self, now: float) -> None:
+        """Warn once per episode of waiters or high utilisation lasting ``exhaustion_warn``."""
+        config = self._config
+        if not config.exhaustion_warn:
+            return
+        pressed = (
+            self._waiting > 0
+            or self._leased * 100.0 >= config.exhaustion_utilisation * config.max_size
+        )
+        if not pressed:
+            if self._pressure_warned:
+                logger.info("the %s pool is no longer under pressure", self._database.value)
+            self._pressure_since = None
+            self._pressure_warned = False
+            return
+        if self._pressure_since is None:
+            self._pressure_since = now
+        elif not self._pressure_warned and now - self._pressure_since >= config.exhaustion_warn:
+            self._pressure_warned = True
+            self.telemetry.pool_exhausted()
+            logger.warning(
+                "the %s pool has been under pressure for %.1fs: %d of %d connections in use, "
+                "%d tasks waiting (raise %s, or hold connections for shorter)",
+                self._database.value,
+                now - self._pressure_since,
+                self._leased,
+                config.max_size,
+                self._waiting,
+                self._env("pool_max_size"),
+                extra={
+                    "database": self._database.value,
+                    "in_use": self._leased,
+                    "max_size": config.max_size,
+                    "waiting": self._waiting,
+                },
+            )
 
     async def _usable(self, connection: Connection) -> bool:
         """Ping a connection idle for longer than ``validation_idle`` (HikariCP's rule)."""
-        idle_since = self._idle_since.get(connection.get_server_pid())
-        if idle_since is None or time.monotonic() - idle_since <= self._validation_idle:
+        info = self._connections.get(connection.get_server_pid())
+        if info is None or time.monotonic() - info.idle_since <= self._validation_idle:
             return True
         try:
             await connection.execute("", timeout=self._config.connect_timeout)
@@ -401,7 +494,6 @@ class DatabasePool:
                     raise
                 raise error from exc
             if await self._usable(connection):
-                self._stats["acquired"] += 1
                 return connection
             dead = connection
         raise DatabaseUnavailableError(
@@ -422,16 +514,18 @@ class DatabasePool:
         """
         pool = self._pool
         try:
+            info = self._end_lease(connection)
             if connection.is_closed():
                 self._stats["connections_retired"] += 1
                 self._forget(connection)
-            elif effect is SessionEffect.DISCARD or self._expired(connection):
+            elif effect is SessionEffect.DISCARD or self._expired(info):
                 await self._retire(connection)
             else:
                 if effect or self._always_reset or connection.is_in_transaction():
                     self._stats["resets"] += 1
                     await self._reset(connection)
-                self._idle_since[connection.get_server_pid()] = time.monotonic()
+                if info is not None:
+                    info.idle_since = time.monotonic()
         except asyncio.CancelledError:
             self._discard(connection)
             raise
@@ -455,17 +549,24 @@ class DatabasePool:
                 await connection.execute("ROLLBACK")
             await connection.execute(RESET_SQL)
 
-    def _expired(self, connection: Connection) -> bool:
-        if not self._max_lifetime:
+    def _end_lease(self, connection: Connection) -> _ConnectionInfo | None:
+        info = self._connections.get(connection.get_server_pid())
+        if info is not None and info.leased_at is not None:
+            now = time.monotonic()
+            self.telemetry.connection_released(now - info.leased_at)
+            info.leased_at = None
+            self._leased -= 1
+            self._watch_pressure(now)
+        return info
+
+    def _expired(self, info: _ConnectionInfo | None) -> bool:
+        if not self._max_lifetime or info is None:
             return False
-        born = self._birth.get(connection.get_server_pid())
-        return born is not None and time.monotonic() - born > self._max_lifetime
+        return time.monotonic() - info.born > self._max_lifetime
 
     def _forget(self, connection: Connection) -> None:
         with contextlib.suppress(asyncpg.InterfaceError):
-            pid = connection.get_server_pid()
-            self._birth.pop(pid, None)
-            self._idle_since.pop(pid, None)
+            self._connections.pop(connection.get_server_pid(), None)
 
     async def _retire(self, connection: Connection) -> None:
         self._stats["connections_retired"] += 1

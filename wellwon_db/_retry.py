@@ -35,6 +35,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from wellwon_db._telemetry import record_retry
 from wellwon_db.errors import CircuitOpenError, DatabaseUnavailableError
 
 __all__ = ["RetryConfig", "RetryPolicy", "is_retryable", "is_transaction_retryable"]
@@ -117,6 +118,7 @@ class RetryPolicy:
         return await retrying(next_attempt)
 
     def _log_retry(self, state: RetryCallState) -> None:
+        record_retry(self.database)
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
         logger.info(

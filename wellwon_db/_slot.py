@@ -5,6 +5,7 @@ from __future__ import annotations
 from wellwon_db._breaker import CircuitBreaker
 from wellwon_db._database import Database
 from wellwon_db._pool import DatabasePool
+from wellwon_db._telemetry import record_breaker_transition
 from wellwon_db.errors import PoolClosedError
 
 __all__ = ["PoolSlot"]
@@ -25,6 +26,7 @@ class PoolSlot:
         self.pool: DatabasePool | None = None
         #: The database's breaker; it outlives pools, so listeners stay attached.
         self.breaker = CircuitBreaker(database.value)
+        self.breaker.add_listener(record_breaker_transition)
 
     def __repr__(self) -> str:
         return f"<PoolSlot {self.database.value} {self.pool!r}>"

@@ -22,6 +22,7 @@ from wellwon_db._pool import Connection, DatabasePool
 from wellwon_db._retry import is_transaction_retryable
 from wellwon_db._session import SessionEffect, session_effect
 from wellwon_db._slot import PoolSlot
+from wellwon_db._telemetry import PoolTelemetry
 from wellwon_db.errors import DatabaseUnavailableError
 
 __all__ = ["IsolationLevel", "Transaction", "TransactionScope", "run_in_transaction"]
@@ -60,12 +61,19 @@ class TransactionScope:
     ``InterfaceError`` (the connection went back to the pool).
     """
 
-    __slots__ = ("_connection", "_database", "_owner")
+    __slots__ = ("_connection", "_database", "_owner", "_telemetry")
 
-    def __init__(self, connection: Connection, database: Database, owner: Transaction) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        database: Database,
+        owner: Transaction,
+        telemetry: PoolTelemetry | None = None,
+    ) -> None:
         self._connection = connection
         self._database = database
         self._owner = owner
+        self._telemetry = telemetry
 
     @property
     def connection(self) -> Connection:
@@ -83,15 +91,23 @@ class TransactionScope:
         effect = session_effect(query)
         if effect > self._owner.effect:
             self._owner.effect = effect
+        telemetry = self._telemetry
+        span = telemetry.start(query) if telemetry is not None else None
+        started = time.monotonic()
         try:
-            return await call(self._connection, query, args, timeout)
+            result = await call(self._connection, query, args, timeout)
         except BaseException as exc:
             error = translate_error(exc, self._database, "running a query in a transaction")
+            if telemetry is not None:
+                telemetry.finish(span, query, started, error)
             if isinstance(error, DatabaseUnavailableError):
                 self._owner.effect = SessionEffect.DISCARD
             if error is exc:
                 raise
             raise error from exc
+        if telemetry is not None:
+            telemetry.finish(span, query, started)
+        return result
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Record]:
         """Run ``query`` with ``args``; all rows."""
@@ -139,6 +155,7 @@ class Transaction:
         "_options",
         "_pool",
         "_slot",
+        "_span",
         "_started",
         "_tx",
         "commit_attempted",
@@ -158,6 +175,7 @@ class Transaction:
         self._connection: Connection | None = None
         self._tx: Any = None
         self._started = 0.0
+        self._span: tuple[Any, object] | None = None
         self.effect = SessionEffect.NONE
         self.commit_attempted = False
 
@@ -166,12 +184,18 @@ class Transaction:
             raise RuntimeError("a Transaction object can be entered only once")
         pool = self._pool = self._slot.get()
         breaker = pool.breaker
-        breaker.allow()
+        self._span = pool.telemetry.start_transaction()
+        try:
+            breaker.allow()
+        except BaseException as exc:
+            self._end_span("refused", exc)
+            raise
         self._started = started = time.monotonic()
         try:
             connection = await pool.acquire_connection()
         except BaseException as exc:
             record_outcome(breaker, exc, started)
+            self._end_span("not started", exc)
             raise
         isolation, readonly, deferrable = self._options
         try:
@@ -186,12 +210,18 @@ class Transaction:
                 exc, pool.database, "starting a transaction", may_have_run=False
             )
             record_outcome(breaker, error, started)
+            self._end_span("not started", error)
             if error is exc:
                 raise
             raise error from exc
         self._connection = connection
         self._tx = tx
-        return TransactionScope(connection, pool.database, self)
+        return TransactionScope(connection, pool.database, self, pool.telemetry)
+
+    def _end_span(self, outcome: str, error: BaseException | None) -> None:
+        if self._pool is not None:
+            self._pool.telemetry.end_transaction(self._span, outcome, error)
+        self._span = None
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
@@ -210,17 +240,21 @@ class Transaction:
                         error, pool.database, "committing", during_commit=True
                     )
                     record_outcome(breaker, translated, self._started)
+                    self._end_span("commit failed", translated)
                     if translated is error:
                         raise
                     raise translated from error
                 breaker.record_success(time.monotonic() - self._started)
+                self._end_span("commit", None)
             else:
                 record_outcome(breaker, exc, self._started)
+                self._end_span("rollback", exc)
                 # A failed rollback must not hide the error that caused it;
                 # the connection is discarded on release when it is unusable.
                 with contextlib.suppress(Exception):
                     await self._tx.__aexit__(exc_type, exc, tb)
         finally:
+            self._end_span("cancelled", None)
             await pool.release_connection(connection, self.effect)
 
     def __repr__(self) -> str:
