@@ -1,0 +1,330 @@
+"""Traces, metrics and logs from real queries, read back through the SDK's in-memory exporters.
+
+The OpenTelemetry providers are process-global and can be set once; this
+module sets them for the rest of the session (other tests then run with an
+SDK recording, which they do not notice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from tests.helpers import MAIN_DB, SECRET, Servers, wait_until
+from wellwon_db import (
+    CircuitOpenError,
+    DatabaseContainer,
+    MainDB,
+    PoolTimeoutError,
+    ReferenceDB,
+    get_postgres_config,
+    start_databases,
+    stop_databases,
+)
+
+_exporter = InMemorySpanExporter()
+_reader = InMemoryMetricReader()
+
+
+@pytest.fixture(scope="module")
+def sdk() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+        trace.set_tracer_provider(provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[_reader]))
+    return _exporter, _reader
+
+
+@pytest.fixture
+async def dbs(
+    sdk: tuple[InMemorySpanExporter, InMemoryMetricReader],
+    db_env: Servers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[MainDB, ReferenceDB]]:
+    monkeypatch.setenv("PG_BREAKER_MIN_CALLS", "2")
+    monkeypatch.setenv("PG_LOG_SLOW_QUERY_SEC", "0.2")
+    get_postgres_config.cache_clear()
+    container = DatabaseContainer()
+    await start_databases(container)
+    sdk[0].clear()
+    yield container.main_db(), container.reference_db()
+    await stop_databases(container)
+
+
+def _spans(name_prefix: str = "") -> list[ReadableSpan]:
+    return [s for s in _exporter.get_finished_spans() if s.name.startswith(name_prefix)]
+
+
+def _metrics() -> dict[str, list[Any]]:
+    data = _reader.get_metrics_data()
+    found: dict[str, list[Any]] = {}
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(metric.data.data_points)
+    return found
+
+
+async def test_query_span_follows_semantic_conventions(
+    dbs: tuple[MainDB, ReferenceDB], db_env: Servers
+) -> None:
+    main, _ = dbs
+    await main.fetchval("SELECT $1::int + 40 /* answer */", 2)
+    (span,) = _spans("SELECT")
+    assert span.name == f"SELECT {MAIN_DB}"
+    assert span.kind is SpanKind.CLIENT
+    attributes = dict(span.attributes or {})
+    assert attributes["db.system.name"] == "postgresql"
+    assert attributes["db.namespace"] == MAIN_DB
+    assert attributes["db.operation.name"] == "SELECT"
+    assert attributes["db.query.text"] == "SELECT $1::int + ? /* answer */"
+    assert attributes["server.address"] == "127.0.0.1"
+    assert attributes["server.port"] == db_env.main.port
+    assert attributes["wellwon.db.database"] == "main"
+    assert "error.type" not in attributes
+    assert [e.name for e in span.events] == ["wellwon.db.connection.acquired"]
+
+
+async def test_failed_query_records_sqlstate(dbs: tuple[MainDB, ReferenceDB]) -> None:
+    main, _ = dbs
+    with pytest.raises(asyncpg.UndefinedTableError):
+        await main.fetch("SELECT * FROM no_such_table WHERE id = 7")
+    (span,) = _spans("SELECT")
+    attributes = dict(span.attributes or {})
+    assert attributes["db.response.status_code"] == "42P01"
+    assert attributes["error.type"] == "42P01"
+    assert span.status.status_code is StatusCode.ERROR
+    assert attributes["db.query.text"] == "SELECT * FROM no_such_table WHERE id = ?"
+    durations = _metrics()["db.client.operation.duration"]
+    failed = [p for p in durations if p.attributes.get("error.type") == "42P01"]
+    assert failed
+    assert failed[0].attributes["db.response.status_code"] == "42P01"
+    assert failed[0].attributes["wellwon.db.database"] == "main"
+
+
+async def test_transaction_groups_its_statements(dbs: tuple[MainDB, ReferenceDB]) -> None:
+    main, _ = dbs
+    async with main.transaction() as tx:
+        await tx.execute("CREATE TEMP TABLE t (x int)")
+        await tx.execute("INSERT INTO t VALUES ($1)", 1)
+    (transaction,) = _spans("TRANSACTION")
+    statements = [s for s in _exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert [s.name.split()[0] for s in statements] == ["CREATE", "INSERT"]
+    for statement in statements:
+        assert statement.parent is not None
+        assert statement.parent.span_id == transaction.context.span_id
+    assert dict(transaction.attributes or {})["wellwon.db.transaction.outcome"] == "commit"
+
+
+async def test_batch_operation_name(dbs: tuple[MainDB, ReferenceDB]) -> None:
+    main, _ = dbs
+    await main.execute("CREATE TEMP TABLE IF NOT EXISTS b (x int)")
+    await main.executemany("SELECT $1::int", [(1,), (2,)])
+    (span,) = _spans("BATCH")
+    assert dict(span.attributes or {})["db.operation.name"] == "BATCH SELECT"
+
+
+async def test_connection_metrics_per_pool(dbs: tuple[MainDB, ReferenceDB]) -> None:
+    main, reference = dbs
+    await asyncio.gather(main.fetchval("SELECT 1"), reference.fetchval("SELECT 1"))
+    found = _metrics()
+    for name in (
+        "db.client.connection.count",
+        "db.client.connection.max",
+        "db.client.connection.idle.max",
+        "db.client.connection.idle.min",
+        "db.client.connection.pending_requests",
+        "db.client.connection.timeouts",
+        "db.client.connection.create_time",
+        "db.client.connection.wait_time",
+        "db.client.connection.use_time",
+        "db.client.operation.duration",
+        "wellwon.db.breaker.state",
+    ):
+        assert name in found, name
+    counts = {
+        (
+            p.attributes["db.client.connection.pool.name"],
+            p.attributes["db.client.connection.state"],
+        ): p.value
+        for p in found["db.client.connection.count"]
+    }
+    # db_env: main min 2 / max 5, reference min 1 / max 3 — each pool reports its own.
+    assert counts[("wellwon_db:main", "idle")] + counts[("wellwon_db:main", "used")] >= 2
+    assert counts[("wellwon_db:reference", "used")] == 0
+    maxima = {
+        p.attributes["db.client.connection.pool.name"]: p.value
+        for p in found["db.client.connection.max"]
+    }
+    assert maxima["wellwon_db:main"] == 5
+    assert maxima["wellwon_db:reference"] == 3
+    states = {
+        (p.attributes["wellwon.db.database"], p.attributes["wellwon.db.breaker.state"]): p.value
+        for p in found["wellwon.db.breaker.state"]
+    }
+    assert states[("main", "closed")] == 1
+    assert states[("main", "open")] == 0
+
+
+async def test_pool_timeout_is_visible(
+    sdk: tuple[InMemorySpanExporter, InMemoryMetricReader],
+    db_env: Servers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PG_REFERENCE_POOL_MAX_SIZE", "1")
+    monkeypatch.setenv("PG_REFERENCE_POOL_TIMEOUT_SEC", "0.1")
+    get_postgres_config.cache_clear()
+    container = DatabaseContainer()
+    await start_databases(container)
+    try:
+        reference: ReferenceDB = container.reference_db()
+        _exporter.clear()
+        async with reference.transaction():
+            with pytest.raises(PoolTimeoutError):
+                await reference.fetchval("SELECT 1")
+        timeouts = {
+            p.attributes["db.client.connection.pool.name"]: p.value
+            for p in _metrics()["db.client.connection.timeouts"]
+        }
+        assert timeouts["wellwon_db:reference"] == 1
+        (span,) = _spans("SELECT")
+        assert dict(span.attributes or {})["error.type"] == "wellwon_db.errors.PoolTimeoutError"
+    finally:
+        await stop_databases(container)
+
+
+async def test_breaker_transition_is_counted(dbs: tuple[MainDB, ReferenceDB]) -> None:
+    main, _ = dbs
+    main.breaker.force_open()
+    with pytest.raises(CircuitOpenError):
+        await main.fetchval("SELECT 1")
+    main.breaker.reset()
+    transitions = [
+        (p.attributes["wellwon.db.breaker.from"], p.attributes["wellwon.db.breaker.to"], p.value)
+        for p in _metrics()["wellwon.db.breaker.transitions"]
+        if p.attributes["wellwon.db.database"] == "main"
+    ]
+    assert ("closed", "forced_open", 1) in transitions or any(
+        t[:2] == ("closed", "forced_open") and t[2] >= 1 for t in transitions
+    )
+    (span,) = _spans("SELECT")
+    assert dict(span.attributes or {})["error.type"] == "wellwon_db.errors.CircuitOpenError"
+
+
+async def test_slow_query_log_has_structure_and_no_values(
+    dbs: tuple[MainDB, ReferenceDB], caplog: pytest.LogCaptureFixture
+) -> None:
+    main, _ = dbs
+    with caplog.at_level(logging.WARNING, logger="wellwon_db.slow"):
+        await main.fetchval("SELECT pg_sleep(0.25), $1::text", "top-secret-value")
+    (record,) = [r for r in caplog.records if r.name == "wellwon_db.slow"]
+    assert record.database == "main"  # type: ignore[attr-defined]
+    assert record.operation == "SELECT"  # type: ignore[attr-defined]
+    assert record.duration_ms >= 250  # type: ignore[attr-defined]
+    assert record.query == "SELECT pg_sleep(?), $1::text"  # type: ignore[attr-defined]
+    assert "top-secret-value" not in record.getMessage()
+
+
+async def test_pool_pressure_warns_once_per_episode(
+    sdk: tuple[InMemorySpanExporter, InMemoryMetricReader],
+    db_env: Servers,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("PG_POOL_MAX_SIZE", "2")
+    monkeypatch.setenv("PG_POOL_MIN_SIZE", "1")
+    monkeypatch.setenv("PG_POOL_EXHAUSTION_WARN_SEC", "0.2")
+    get_postgres_config.cache_clear()
+    container = DatabaseContainer()
+    await start_databases(container)
+    try:
+        main: MainDB = container.main_db()
+        with caplog.at_level(logging.INFO, logger="wellwon_db.pool"):
+            # Two connections busy for 0.6 s under a stream of queries: one episode.
+            await asyncio.gather(
+                *(main.fetchval("SELECT pg_sleep(0.05)") for _ in range(24)),
+            )
+
+            async def pressure_over() -> bool:
+                return main.pool.get_stats()["in_use"] == 0
+
+            await wait_until(pressure_over)
+            await main.fetchval("SELECT 1")  # a release without pressure ends the episode
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "under pressure" in warnings[0].getMessage()
+        assert any("no longer under pressure" in r.getMessage() for r in caplog.records)
+        assert "PG_POOL_MAX_SIZE" in warnings[0].getMessage()
+        episodes = [
+            p.value
+            for p in _metrics()["wellwon.db.client.connection.pool.exhausted"]
+            if p.attributes["db.client.connection.pool.name"] == "wellwon_db:main"
+        ]
+        assert episodes
+        assert episodes[0] >= 1
+    finally:
+        await stop_databases(container)
+
+
+async def test_no_secret_or_parameter_value_anywhere(
+    dbs: tuple[MainDB, ReferenceDB], caplog: pytest.LogCaptureFixture
+) -> None:
+    main, reference = dbs
+    with caplog.at_level(logging.DEBUG, logger="wellwon_db"):
+        await main.fetchval("SELECT $1::text, pg_sleep(0.25)", "param-value-123")
+        await main.execute("SELECT 'inline-literal-456'")
+        with pytest.raises(asyncpg.PostgresError):
+            await reference.fetchval("SELECT length($1::text) / 0", "ref-param-789")
+        async with main.transaction() as tx:
+            await tx.fetchval("SELECT $1::text", "tx-param-000")
+    dumped = json.dumps(
+        [
+            {
+                "name": s.name,
+                "attributes": dict(s.attributes or {}),
+                "events": [dict(e.attributes or {}) for e in s.events],
+            }
+            for s in _exporter.get_finished_spans()
+        ],
+        default=str,
+    )
+    dumped += _reader.get_metrics_data().to_json()  # type: ignore[union-attr]
+    dumped += "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    for secret in (SECRET, "param-value-123", "inline-literal-456", "ref-param-789", "tx-param"):
+        assert secret not in dumped, secret
+
+
+async def test_semconv_dup_adds_the_old_attribute_names(
+    sdk: tuple[InMemorySpanExporter, InMemoryMetricReader],
+    db_env: Servers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database/dup")
+    container = DatabaseContainer()
+    await start_databases(container)
+    try:
+        _exporter.clear()
+        await container.main_db().fetchval("SELECT 1")
+        (span,) = _spans("SELECT")
+        attributes = dict(span.attributes or {})
+        assert attributes["db.system"] == "postgresql"
+        assert attributes["db.statement"] == "SELECT ?"
+        assert attributes["db.name"] == MAIN_DB
+        assert attributes["db.system.name"] == "postgresql"  # the stable names stay
+    finally:
+        await stop_databases(container)
