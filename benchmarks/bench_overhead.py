@@ -8,6 +8,13 @@ reset) measured in the same round. Absolute numbers move with machine load;
 the ratios are the result.
 
     python -m benchmarks.bench_overhead --rounds 5 --duration 2 --uvloop
+    python -m benchmarks.bench_overhead --otel-sdk metrics   # SDK recording metrics
+    python -m benchmarks.bench_overhead --otel-sdk all       # ... and spans
+
+``--otel-sdk`` installs the OpenTelemetry SDK before anything runs (a meter
+provider with an in-memory reader; with ``all`` also a tracer provider whose
+span processor drops the spans), so our client records every metric (and
+span) while raw asyncpg, uninstrumented, stays the baseline.
 """
 
 from __future__ import annotations
@@ -126,7 +133,8 @@ async def _main(args: argparse.Namespace) -> None:
         names = list(clients)
         print(
             f"# python {sys.version.split()[0]}, loop={'uvloop' if args.uvloop else 'asyncio'}, "
-            f"pool {POOL_SIZE}, {args.rounds} rounds x {args.duration}s, cpus {os.cpu_count()}"
+            f"pool {POOL_SIZE}, {args.rounds} rounds x {args.duration}s, cpus {os.cpu_count()}, "
+            f"otel {'SDK: ' + args.otel_sdk if args.otel_sdk else 'API only (no SDK)'}"
         )
         for workload, (sql, arg) in WORKLOADS.items():
             for concurrency in args.concurrency:
@@ -160,6 +168,24 @@ async def _main(args: argparse.Namespace) -> None:
             await pool.close()
 
 
+def _install_sdk(*, traces: bool) -> None:
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    if traces:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(Drop()))
+        trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -168,7 +194,14 @@ def main() -> None:
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32]
     )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument(
+        "--otel-sdk",
+        choices=["metrics", "all"],
+        help="record metrics (or metrics and spans) with the OTel SDK",
+    )
     args = parser.parse_args()
+    if args.otel_sdk:
+        _install_sdk(traces=args.otel_sdk == "all")
     if args.uvloop:
         import uvloop
 
