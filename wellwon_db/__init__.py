@@ -23,6 +23,7 @@ from wellwon_db._container import (
     stop_databases,
 )
 from wellwon_db._database import Database
+from wellwon_db._health import DatabaseHealth, HealthChecker, HealthReport, check_health
 from wellwon_db._pool import DatabasePool, PoolState
 from wellwon_db._retry import RetryConfig
 from wellwon_db._transaction import TransactionScope
@@ -46,8 +47,11 @@ __all__ = [
     "Database",
     "DatabaseClient",
     "DatabaseContainer",
+    "DatabaseHealth",
     "DatabasePool",
     "DatabaseUnavailableError",
+    "HealthChecker",
+    "HealthReport",
     "MainDB",
     "PoolClosedError",
     "PoolConfig",
@@ -58,6 +62,7 @@ __all__ = [
     "RetryConfig",
     "TransactionScope",
     "WellwonDBError",
+    "check_health",
     "close_pools",
     "database_lifespan",
     "execute_for_db",

@@ -1,34 +1,121 @@
-"""The ``wellwon-db`` command (also ``python -m wellwon_db``)."""
+"""The ``wellwon-db`` command (also ``python -m wellwon_db``).
+
+``demo``
+    two embedded servers and a tour of routing, pools and transactions.
+``health [--json] [--env-file PATH]``
+    opens each database's pool on its own, checks every database, prints a
+    table (or JSON) and exits 0 ok, 1 degraded, 2 down.
+``config [--json] [--env-file PATH]``
+    the effective settings per database, secrets masked, each with where it
+    came from (default, env, .env).
+
+A missing or malformed setting exits with :data:`EXIT_CONFIG` (78) and a
+message naming the variable. argparse's own usage error is exit 2 too, the
+same number as ``down``: scripts that need to tell them apart should check
+that stdout holds a report.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import inspect
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from dependency_injector import providers
+
+from wellwon_db._config import PostgresConfig
+from wellwon_db._config_report import ConfigReport, build_config_report
+from wellwon_db._container import DatabaseContainer, stop_databases
+from wellwon_db._database import Database
+from wellwon_db._health import (
+    HealthReport,
+    HealthStatus,
+    check_health,
+    describe_error,
+    redact_secrets,
+    secrets_of,
+)
+from wellwon_db._settings import DEFAULT_ENV_FILE
+from wellwon_db._slot import PoolSlot
 from wellwon_db.errors import ConfigurationError, DatabaseUnavailableError, WellwonDBError
 from wellwon_db.testing._server import PostgresNotFoundError
 
-__all__ = ["main"]
+__all__ = ["main", "run_config", "run_health"]
 
-#: Exit codes (sysexits.h where one fits; 2 is argparse's usage error).
+#: Exit codes (sysexits.h where one fits). ``health`` exits with the report's
+#: status: 0 ok, 1 degraded, 2 down; 2 is also argparse's usage error.
 EXIT_OK = 0
+EXIT_DEGRADED = 1
+EXIT_DOWN = 2
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
 EXIT_SOFTWARE = 70
 EXIT_CONFIG = 78
 
+_HEALTH_EXIT: dict[HealthStatus, int] = {
+    "ok": EXIT_OK,
+    "degraded": EXIT_DEGRADED,
+    "down": EXIT_DOWN,
+}
+
+#: Seconds ``health`` waits for connections in use before terminating them on exit.
+_CLOSE_TIMEOUT = 1.0
+
+_EXIT_CODES_HELP = """\
+exit codes:
+  0   ok (health: every database is ok)
+  1   health: degraded (a database is degraded, or an optional one is down)
+  2   health: down (a required database is down); also a usage error
+  69  demo: a database or the PostgreSQL binaries are unavailable
+  78  a setting is missing or malformed (the message names the variable)
+"""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="wellwon-db", description="wellwon_db: typed access to several PostgreSQL databases."
+        prog="wellwon-db",
+        description="wellwon_db: typed access to several PostgreSQL databases.",
+        epilog=_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "demo",
         help="start two embedded PostgreSQL servers and tour routing, pools and transactions",
     )
+    health = commands.add_parser(
+        "health",
+        help="check every database; exit 0 ok, 1 degraded, 2 down",
+        description=(
+            "Read the settings from the environment and .env, open each database's pool on\n"
+            "its own (one connection), run SHOW server_version on each concurrently within\n"
+            "PG_[<DB>_]HEALTH_TIMEOUT_SEC, print the result and close everything."
+        ),
+        epilog=_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    config = commands.add_parser(
+        "config",
+        help="show the effective settings per database and where each came from",
+        description=(
+            "Show every database's effective settings, secrets masked, each with its source:\n"
+            "default, derived (a default adjusted by a rule), env or .env."
+        ),
+        epilog=_EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for command in (health, config):
+        command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        command.add_argument(
+            "--env-file",
+            metavar="PATH",
+            help=f"the .env file to read (default: ./{DEFAULT_ENV_FILE} when it exists)",
+        )
     return parser
 
 
@@ -40,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from wellwon_db._demo import run_demo
 
             asyncio.run(run_demo())
+        elif args.command == "health":
+            return asyncio.run(run_health(_env_file(args.env_file), as_json=args.json))
+        elif args.command == "config":
+            return run_config(_env_file(args.env_file), as_json=args.json)
     except ConfigurationError as exc:
         print(f"wellwon-db: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -52,3 +143,191 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return EXIT_OK
+
+
+def _env_file(option: str | None) -> Path:
+    """The ``.env`` to read: ``--env-file`` (which must exist), else ``./.env`` if present."""
+    if option is None:
+        return Path(DEFAULT_ENV_FILE)
+    path = Path(option)
+    if not path.is_file():
+        raise ConfigurationError(f"--env-file {option}: no such file")
+    return path
+
+
+# -- health ---------------------------------------------------------------------
+
+
+async def run_health(
+    env_file: str | Path | None, *, as_json: bool, out: Callable[[str], None] = print
+) -> int:
+    """``wellwon-db health``: check every database once; return 0 ok, 1 degraded, 2 down.
+
+    Each pool is opened on its own with one connection, connect and acquire
+    timeouts no longer than the database's health timeout, and no retries: a
+    database that cannot be opened is reported down, with the reason.
+    Raises ``ConfigurationError`` for a missing DSN or a malformed setting.
+    """
+    config = PostgresConfig.load(env_file=env_file)
+    for database in Database:
+        config.get_dsn(database)  # ConfigurationError naming the variable when unset
+    container = DatabaseContainer()
+    container.config.override(providers.Object(_one_probe_config(config)))
+    secrets = secrets_of(config)
+    try:
+        open_errors = await _open_each_pool(container, secrets)
+        report = _with_open_errors(await check_health(container), open_errors)
+        out(json.dumps(report.to_dict(), indent=2) if as_json else format_health(report))
+    finally:
+        await _close_quickly(container)
+    return _HEALTH_EXIT[report.status]
+
+
+def _one_probe_config(config: PostgresConfig) -> PostgresConfig:
+    """``config`` cut down for one probe per database: one connection, short timeouts."""
+    sections = {}
+    for database in Database:
+        settings = config.settings_for(database)
+        timeout = settings.health_timeout_sec
+        sections[database.value] = settings.model_copy(
+            update={
+                "pool_min_size": 1,
+                "pool_max_size": 1,
+                "pool_connect_timeout_sec": min(settings.pool_connect_timeout_sec, timeout),
+                "pool_timeout_sec": min(settings.pool_timeout_sec, timeout),
+                "startup_wait_sec": 0.0,
+                "startup_required": True,
+                "retry_attempts": 1,
+            }
+        )
+    return config.model_copy(update=sections)
+
+
+async def _open_each_pool(container: DatabaseContainer, secrets: list[str]) -> dict[str, str]:
+    """Open every pool concurrently; return why each one that failed did (secrets redacted)."""
+
+    async def open_one(database: Database) -> str | None:
+        resource = getattr(container, f"{database.value}_pool")
+        try:
+            result = resource.init()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            return redact_secrets(describe_error(exc), secrets)
+        return None
+
+    errors = await asyncio.gather(*(open_one(database) for database in Database))
+    return {
+        database.value: error
+        for database, error in zip(Database, errors, strict=True)
+        if error is not None
+    }
+
+
+async def _close_quickly(container: DatabaseContainer) -> None:
+    """Close every pool, terminating within a second connections a timed-out probe still holds."""
+    slots: list[PoolSlot] = [getattr(container, f"{db.value}_slot")() for db in Database]
+    await asyncio.gather(
+        *(slot.pool.close(timeout=_CLOSE_TIMEOUT) for slot in slots if slot.pool is not None)
+    )
+    await stop_databases(container)
+
+
+def _with_open_errors(report: HealthReport, open_errors: dict[str, str]) -> HealthReport:
+    """Replace "pool not open" by the reason opening it failed."""
+    databases = {
+        name: dataclasses.replace(health, error=open_errors[name])
+        if name in open_errors and health.status == "down"
+        else health
+        for name, health in report.databases.items()
+    }
+    return dataclasses.replace(report, databases=databases)
+
+
+def format_health(report: HealthReport) -> str:
+    """The report as the ``health`` command prints it: a status line and one row per database."""
+    headers = (
+        "database",
+        "status",
+        "required",
+        "latency ms",
+        "server version",
+        "pool size/in use/waiting",
+        "breaker",
+        "error",
+    )
+    rows = []
+    for health in report.databases.values():
+        pool = health.pool
+        rows.append(
+            (
+                health.database,
+                health.status,
+                "yes" if health.required else "no",
+                "-" if health.latency_ms is None else f"{health.latency_ms:.1f}",
+                health.server_version or "-",
+                f"{pool['size']}/{pool['in_use']}/{pool['waiting']}" if pool else "-",
+                str(health.breaker.get("state", "-")),
+                health.error or "",
+            )
+        )
+    return "\n".join(
+        [f"overall: {report.status} (checked at {report.checked_at})", "", *_table(headers, rows)]
+    )
+
+
+# -- config ---------------------------------------------------------------------
+
+
+def run_config(
+    env_file: str | Path | None, *, as_json: bool, out: Callable[[str], None] = print
+) -> int:
+    """``wellwon-db config``: print the effective settings; return 0.
+
+    Raises ``ConfigurationError`` for a malformed setting, and after printing
+    when a database's DSN is unset.
+    """
+    config = PostgresConfig.load(env_file=env_file)
+    report = build_config_report(config, env_file)
+    out(json.dumps(report.to_dict(), indent=2) if as_json else format_config(report))
+    missing = []
+    for database in Database:
+        try:
+            config.get_dsn(database)
+        except ConfigurationError as exc:
+            missing.append(exc)
+    if missing:
+        raise ConfigurationError(
+            "\n".join(str(exc) for exc in missing), env_var=missing[0].env_var
+        )
+    return EXIT_OK
+
+
+def format_config(report: ConfigReport) -> str:
+    """The report as the ``config`` command prints it: a table per database."""
+    lines = [f"env file: {report.env_file or 'none'}"]
+    for name, settings in report.databases.items():
+        rows = [(setting.variable, _shown(setting.value), setting.source) for setting in settings]
+        lines += ["", f"{name} database", *_table(("variable", "value", "source"), rows, "  ")]
+    return "\n".join(lines)
+
+
+# -- output -----------------------------------------------------------------------
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    return [
+        (
+            indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        ).rstrip()
+        for row in [headers, *rows]
+    ]

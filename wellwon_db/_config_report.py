@@ -1,0 +1,133 @@
+"""The effective settings of every database, secrets masked, and where each value came from.
+
+Backs ``wellwon-db config``. A value's source is decided the way
+pydantic-settings decides it: the environment wins over the ``.env`` file,
+and within each the variable names of a field are tried in order (the
+preferred name first, then its aliases); a value no variable set is the
+field's default, or
+``derived`` when a rule adjusted the default (a default minimum pool size
+follows a smaller maximum down, a default cap follows a larger lower bound up).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+from dotenv import dotenv_values
+from pydantic import SecretStr
+
+from wellwon_db._config import PostgresConfig
+from wellwon_db._dsn import redact_dsn
+from wellwon_db._settings import SETTINGS_CLASSES, DatabaseSettings, env_var_names
+
+__all__ = ["ConfigReport", "SettingReport", "SettingSource", "build_config_report"]
+
+#: ``default``, ``derived`` (a default adjusted by a rule), ``env`` or ``.env``.
+SettingSource: TypeAlias = Literal["default", "derived", "env", ".env"]
+
+#: A setting's value as shown: secrets masked, otherwise as validated.
+ShownValue: TypeAlias = str | int | float | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingReport:
+    """One setting of one database.
+
+    ``variable`` is the environment variable that supplied the value, or the
+    one to set when the value is a default.
+    """
+
+    field: str
+    variable: str
+    value: ShownValue
+    source: SettingSource
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return {"variable": self.variable, "value": self.value, "source": self.source}
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """Every database's settings, in field order; ``env_file`` is the ``.env`` read, if any."""
+
+    env_file: str | None
+    databases: dict[str, list[SettingReport]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy, settings keyed by field name."""
+        return {
+            "env_file": self.env_file,
+            "databases": {
+                name: {setting.field: setting.to_dict() for setting in settings}
+                for name, settings in self.databases.items()
+            },
+        }
+
+
+def build_config_report(
+    config: PostgresConfig,
+    env_file: str | Path | None,
+    environ: Mapping[str, str] | None = None,
+) -> ConfigReport:
+    """Describe ``config`` as loaded from ``environ`` (default ``os.environ``) and ``env_file``.
+
+    ``env_file`` must be the file ``config`` was loaded with; a missing file
+    counts as none. Secrets are masked: DSNs keep everything but the password.
+    """
+    env_path = Path(env_file) if env_file is not None else None
+    if env_path is not None and not env_path.is_file():
+        env_path = None
+    from_env = _upper_keys(os.environ if environ is None else environ)
+    from_file = _upper_keys(dotenv_values(env_path)) if env_path is not None else {}
+    databases = {
+        database.value: [
+            _describe(settings_class, config.settings_for(database), field, from_env, from_file)
+            for field in settings_class.model_fields
+        ]
+        for database, settings_class in SETTINGS_CLASSES.items()
+    }
+    return ConfigReport(
+        env_file=str(env_path.resolve()) if env_path is not None else None,
+        databases=databases,
+    )
+
+
+def _upper_keys(values: Mapping[str, str | None]) -> dict[str, str]:
+    # pydantic-settings matches names case-insensitively; a bare ``KEY`` line
+    # in a .env file (no ``=``) sets nothing.
+    return {key.upper(): value for key, value in values.items() if value is not None}
+
+
+def _describe(
+    settings_class: type[DatabaseSettings],
+    settings: DatabaseSettings,
+    field: str,
+    from_env: Mapping[str, str],
+    from_file: Mapping[str, str],
+) -> SettingReport:
+    names = env_var_names(settings_class, field)
+    value = getattr(settings, field)
+    shown = _shown(value)
+    for name in names:
+        if name in from_env:
+            return SettingReport(field, name, shown, "env")
+    for name in names:
+        if name in from_file:
+            return SettingReport(field, name, shown, ".env")
+    default = settings_class.model_fields[field].get_default(call_default_factory=True)
+    source: SettingSource = "default" if value == default else "derived"
+    return SettingReport(field, names[0], shown, source)
+
+
+def _shown(value: object) -> ShownValue:
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        return redact_dsn(secret) if "://" in secret else "***"
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
