@@ -478,3 +478,38 @@ async def test_idle_connections_are_validated_before_use(
             return False
 
     await wait_until(serving)
+
+
+async def test_cancelled_caller_on_a_silent_link_returns_at_once(
+    fault_env: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with TcpProxy(fault_env.reference.host, fault_env.reference.port) as proxy:
+        monkeypatch.setenv("POSTGRES_REFERENCE_DSN", proxy.dsn("postgres"))
+        monkeypatch.setenv("PG_REFERENCE_POOL_COMMAND_TIMEOUT_SEC", "5")
+        monkeypatch.setenv("PG_REFERENCE_POOL_CONNECT_TIMEOUT_SEC", "5")
+        get_postgres_config.cache_clear()
+        await start_databases(fault_env.container)
+        try:
+            reference = fault_env.reference_db
+            assert await reference.fetchval("SELECT 1") == 1
+            proxy.go_deaf()
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(reference.fetchval("SELECT 2"), 0.3)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    async with reference.transaction() as tx:
+                        await tx.fetchval("SELECT 3")
+            # Not the 5 s the connection needs to settle: the caller is free at once.
+            assert time.monotonic() - started < 2.0
+            proxy.restore()
+
+            async def settled() -> bool:
+                stats = reference.pool.get_stats()
+                return stats["in_use"] == 0
+
+            await wait_until(settled, timeout=15)
+            assert await reference.fetchval("SELECT 4") == 4
+        finally:
+            proxy.restore()
+            await stop_databases(fault_env.container)

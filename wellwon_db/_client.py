@@ -20,7 +20,6 @@ from wellwon_db._breaker import CircuitBreaker
 from wellwon_db._database import Database
 from wellwon_db._guarded import record_outcome, run_guarded
 from wellwon_db._pool import Connection, DatabasePool
-from wellwon_db._session import SessionEffect
 from wellwon_db._slot import PoolSlot
 from wellwon_db._transaction import (
     IsolationLevel,
@@ -243,10 +242,8 @@ class DatabaseClient:
             record_outcome(breaker, exc, started)
             raise
         breaker.record_ignored()
-        try:
+        async with pool.lease(connection):
             yield connection
-        finally:
-            await pool.release_connection(connection, SessionEffect.RESET)
 
 
 class MainDB(DatabaseClient):

@@ -68,9 +68,11 @@ async def _attempt(
     if span is not None:
         telemetry.waited(span, _monotonic() - started)
     effect = session_effect(query)
+    cancelled = False
     try:
         result = await call(connection, query, args, timeout)
     except BaseException as exc:
+        cancelled = isinstance(exc, asyncio.CancelledError)
         error = _translate(exc, pool.database, "running a query")
         record_outcome(breaker, error, started)
         telemetry.finish(span, query, started, error, batch=batch)
@@ -80,7 +82,10 @@ async def _attempt(
             raise
         raise error from exc
     finally:
-        await pool.release_connection(connection, effect)
+        if cancelled:
+            pool.release_soon(connection, effect)  # don't make a cancelled caller wait
+        else:
+            await pool.release_connection(connection, effect)
     breaker.record_success(_monotonic() - started)
     telemetry.finish(span, query, started, batch=batch)
     return result

@@ -129,6 +129,7 @@ class DatabasePool:
         self.breaker = breaker
         self.retry = RetryPolicy(database.value, retry)
         self._connections: dict[int, _ConnectionInfo] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
         self._validation_idle = config.validation_idle
         self._leased = 0
         self._pressure_since: float | None = None
@@ -302,6 +303,9 @@ class DatabasePool:
             with contextlib.suppress(asyncio.CancelledError):
                 await connector
         try:
+            if self._releasing:
+                # Releases of cancelled callers still settling: let them finish.
+                await asyncio.wait(set(self._releasing), timeout=timeout)
             if pool is not None:
                 try:
                     await asyncio.wait_for(pool.close(), timeout)
@@ -412,8 +416,15 @@ class DatabasePool:
             raise error from exc
         finally:
             self._waiting -= 1
-        if self._validation_idle and not await self._usable(connection):
-            connection = await self._replace_dead(connection, started)
+        if self._validation_idle:
+            try:
+                if not await self._usable(connection):
+                    connection = await self._replace_dead(connection, started)
+            except BaseException:
+                # Cancelled (or failed) mid-validation: the ping may still be
+                # in flight, so the connection settles in the background.
+                self.release_soon(connection, SessionEffect.DISCARD)
+                raise
         self._begin_lease(connection, started)
         return connection
 
@@ -538,6 +549,29 @@ class DatabasePool:
             if pool is not None:
                 await pool.release(connection)
 
+    def release_soon(
+        self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
+    ) -> None:
+        """:meth:`release_connection` in a background task, for a cancelled caller.
+
+        A statement cancelled mid-flight makes asyncpg wait for the server to
+        confirm the cancellation before the connection can be reused; on a
+        silent network that is bounded only by the connect timeout. The
+        cancelled caller must not wait for it, so the release (and the
+        clean-up or discard it decides) finishes on its own.
+        """
+        task = asyncio.get_running_loop().create_task(
+            self.release_connection(connection, effect),
+            name=f"wellwon_db-release-{self._database.value}",
+        )
+        self._releasing.add(task)
+        task.add_done_callback(self._released)
+
+    def _released(self, task: asyncio.Task[None]) -> None:
+        self._releasing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.debug("background release failed: %r", task.exception())
+
     def _discard(self, connection: Connection) -> None:
         self._forget(connection)
         with contextlib.suppress(asyncpg.InterfaceError):
@@ -581,10 +615,25 @@ class DatabasePool:
         session is always reset on release.
         """
         connection = await self.acquire_connection()
-        try:
+        async with self.lease(connection):
             yield connection
-        finally:
+
+    @asynccontextmanager
+    async def lease(self, connection: Connection) -> AsyncIterator[None]:
+        """Release ``connection`` (fully reset) when the block ends.
+
+        A cancelled block releases in the background, so cancellation is never
+        held up by a connection that is still settling.
+        """
+        try:
+            yield
+        except asyncio.CancelledError:
+            self.release_soon(connection, SessionEffect.RESET)
+            raise
+        except BaseException:
             await self.release_connection(connection, SessionEffect.RESET)
+            raise
+        await self.release_connection(connection, SessionEffect.RESET)
 
     # -- stats ---------------------------------------------------------------
 

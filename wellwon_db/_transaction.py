@@ -7,6 +7,7 @@ SQL error) is recorded when it ends.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -204,7 +205,10 @@ class Transaction:
             )
             await tx.__aenter__()
         except BaseException as exc:
-            await pool.release_connection(connection, SessionEffect.NONE)
+            if isinstance(exc, asyncio.CancelledError):
+                pool.release_soon(connection, SessionEffect.NONE)  # BEGIN may be in flight
+            else:
+                await pool.release_connection(connection, SessionEffect.NONE)
             # Nothing ran: a failed BEGIN is safe to retry.
             error = translate_error(
                 exc, pool.database, "starting a transaction", may_have_run=False
@@ -230,6 +234,13 @@ class Transaction:
         if connection is None or pool is None:
             raise RuntimeError("Transaction.__aexit__ called without __aenter__")
         breaker = pool.breaker
+        if isinstance(exc, asyncio.CancelledError):
+            # The connection may be mid-statement: no rollback round trip for
+            # a cancelled caller; the background release rolls back or discards.
+            record_outcome(breaker, exc, self._started)
+            self._end_span("cancelled", exc)
+            pool.release_soon(connection, self.effect)
+            return
         try:
             if exc is None:
                 self.commit_attempted = True
