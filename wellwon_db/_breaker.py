@@ -140,7 +140,11 @@ class CircuitBreaker:
         return self._open_until if self._state is BreakerState.OPEN else None
 
     def snapshot(self) -> dict[str, Any]:
-        """State and window counts with stable keys, for telemetry and health."""
+        """State and window counts with stable keys, for telemetry and health.
+
+        ``retry_at`` is on the breaker's clock (``time.monotonic()``), only
+        meaningful in this process; ``retry_in_sec`` is the same as a delay.
+        """
         self._advance(self._clock())
         return {
             "database": self.database,
@@ -149,6 +153,11 @@ class CircuitBreaker:
             "failures": self._failures,
             "slow_calls": self._slow,
             "retry_at": self.retry_at,
+            "retry_in_sec": (
+                max(0.0, self._open_until - self._clock())
+                if self._state is BreakerState.OPEN
+                else None
+            ),
             "trips_in_a_row": self._trips_in_a_row,
         }
 

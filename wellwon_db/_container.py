@@ -33,6 +33,7 @@ from dependency_injector import containers, providers
 from wellwon_db._client import MainDB, ReferenceDB
 from wellwon_db._config import PostgresConfig, get_postgres_config
 from wellwon_db._database import Database
+from wellwon_db._health import HealthChecker
 from wellwon_db._pool import DatabasePool
 from wellwon_db._slot import PoolSlot
 
@@ -105,6 +106,13 @@ class DatabaseContainer(containers.DeclarativeContainer):
 
     main_db = providers.Singleton(MainDB, main_slot)
     reference_db = providers.Singleton(ReferenceDB, reference_slot)
+
+    health = providers.Factory(
+        HealthChecker,
+        config=config,
+        slots=providers.Dict(main=main_slot, reference=reference_slot),
+        clients=providers.Dict(main=main_db, reference=reference_db),
+    )
 
 
 async def resolve(provider: providers.Provider[_T]) -> _T:
