@@ -329,25 +329,19 @@ async def test_an_embedded_container_is_checked(db_env: Servers) -> None:
 
 
 async def test_health_checker_as_a_container_provider(db_env: Servers) -> None:
-    """The provider the container offers (``health``) checks the same databases."""
+    """The container's ``health`` provider checks the same databases, embedded too."""
 
-    class WithHealth(DatabaseContainer):
-        health = providers.Factory(
-            HealthChecker,
-            config=DatabaseContainer.config,
-            slots=providers.Dict(
-                main=DatabaseContainer.main_slot, reference=DatabaseContainer.reference_slot
-            ),
-            clients=providers.Dict(
-                main=DatabaseContainer.main_db, reference=DatabaseContainer.reference_db
-            ),
-        )
+    class App(containers.DeclarativeContainer):
+        db = providers.Container(DatabaseContainer)
 
-    container = WithHealth()
-    async with started(container):
-        report = await container.health().check()
+    app = App()
+    async with started(app.db):
+        checker = app.db.health()
+        assert isinstance(checker, HealthChecker)
+        report = await checker.check()
     assert report.status == "ok"
     assert report.databases["main"].pool["acquired"] >= 1
+    assert set(report.databases) == {"main", "reference"}
 
 
 async def test_faked_clients_are_probed_as_they_are(db_env: Servers) -> None:
