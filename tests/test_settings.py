@@ -75,6 +75,21 @@ PER_DATABASE = [
     ),
     ("pool_reset", "PG_POOL_RESET", "PG_REFERENCE_POOL_RESET", "always"),
     ("startup_wait_sec", "PG_STARTUP_WAIT_SEC", "PG_REFERENCE_STARTUP_WAIT_SEC", "15"),
+    ("pool_budget", "PG_POOL_BUDGET", "PG_REFERENCE_POOL_BUDGET", "40"),
+    ("pool_workers", "PG_POOL_WORKERS", "PG_REFERENCE_POOL_WORKERS", "4"),
+    (
+        "pool_capacity_check",
+        "PG_POOL_CAPACITY_CHECK",
+        "PG_REFERENCE_POOL_CAPACITY_CHECK",
+        "refuse",
+    ),
+    (
+        "pool_drain_timeout_sec",
+        "PG_POOL_DRAIN_TIMEOUT_SEC",
+        "PG_REFERENCE_POOL_DRAIN_TIMEOUT_SEC",
+        "3",
+    ),
+    ("pool_pgbouncer", "PG_POOL_PGBOUNCER", "PG_REFERENCE_POOL_PGBOUNCER", "true"),
     (
         "pool_exhaustion_warn_sec",
         "PG_POOL_EXHAUSTION_WARN_SEC",
@@ -189,6 +204,8 @@ def test_each_variable_changes_only_its_own_database(
         assert got != _value(baseline, changed, field)
         if isinstance(got, bool):
             assert got is (value == "true")
+        elif field == "pool_workers":
+            assert got == int(value)
         else:
             assert got == (value if isinstance(got, str) else type(got)(value))
         assert _value(config, untouched, field) == _value(baseline, untouched, field)
@@ -357,3 +374,33 @@ def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
         "postgresql://h/db?password=***&sslmode=require"
     )
     assert redact_dsn("postgresql://app@h/db") == "postgresql://app@h/db"
+
+
+def test_budget_shares_connections_between_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    monkeypatch.setenv("PG_POOL_BUDGET", "40")
+    monkeypatch.setenv("PG_REFERENCE_POOL_BUDGET", "400")
+    monkeypatch.setenv("PG_REFERENCE_POOL_MAX_SIZE", "20")
+    config = PostgresConfig.load()
+    main = config.get_pool_config(Database.MAIN)
+    assert (main.workers, main.max_size, main.min_size) == (4, 10, 10)
+    assert main.configured_max_size == 50
+    reference = config.get_pool_config(Database.REFERENCE)
+    # The budget would allow 100 each; the explicit max_size stays the bound.
+    assert (reference.workers, reference.max_size) == (4, 20)
+    monkeypatch.setenv("PG_POOL_WORKERS", "8")  # per-database workers beat WEB_CONCURRENCY
+    assert PostgresConfig.load().get_pool_config(Database.MAIN).max_size == 5
+
+
+def test_budget_smaller_than_workers_fails_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "8")
+    monkeypatch.setenv("PG_REFERENCE_POOL_BUDGET", "4")
+    with pytest.raises(ConfigurationError, match="PG_REFERENCE_POOL_BUDGET=4 gives each of 8"):
+        PostgresConfig.load()
+
+
+def test_bad_web_concurrency_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "many")
+    with pytest.raises(ConfigurationError, match="WEB_CONCURRENCY") as caught:
+        PostgresConfig.load()
+    assert caught.value.env_var == "WEB_CONCURRENCY"

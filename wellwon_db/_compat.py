@@ -4,7 +4,9 @@ Kept so that code written against ``pg_client`` runs unchanged: the same
 function names, the same ``database=`` keyword, the same environment. Unlike
 the original, each database gets its own DSN and its own pool settings.
 Pools open on first use (or with :func:`init_pool_for_db`) and close with
-:func:`close_pools`.
+:func:`close_pools`. In a process forked after they opened, the functions
+notice, abandon the parent's pools (without touching its connections) and
+open the child's own.
 """
 
 from __future__ import annotations
@@ -71,6 +73,12 @@ async def init_pool_for_db(database: Database | str = Database.MAIN) -> Database
 async def _client(database: Database | str) -> DatabaseClient:
     database = Database.parse(database)
     pool_provider, client_provider = _providers(database)
+    if pool_provider.initialized:
+        slot = getattr(default_container(), f"{database.value}_slot")()
+        if slot.pool is not None and not slot.pool.opened_in_this_process:
+            # A forked worker: drop the parent's pools (without touching their
+            # connections) and open this process's own, transparently.
+            await close_pools()
     if not pool_provider.initialized:
         await init_pool_for_db(database)
     client: DatabaseClient = await resolve(client_provider)

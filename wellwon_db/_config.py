@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -45,9 +46,12 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
-    """The effective pool settings of one database. Durations in seconds.
+    """The effective pool settings of one database (of this worker). Durations in seconds.
 
-    ``max_inactive_lifetime`` and ``max_lifetime`` of 0 mean no limit.
+    ``max_inactive_lifetime`` and ``max_lifetime`` of 0 mean no limit. With a
+    connection ``budget``, ``min_size``/``max_size`` are this worker's share
+    (``budget // workers``), never above the explicit settings, which stay
+    in ``configured_min_size``/``configured_max_size``.
     """
 
     database: Database
@@ -67,14 +71,35 @@ class PoolConfig:
     startup_required: bool = True
     exhaustion_warn: float = 5.0
     exhaustion_utilisation: float = 90.0
+    workers: int = 1
+    budget: int = 0
+    capacity_check: Literal["warn", "refuse", "off"] = "warn"
+    drain_timeout: float = 10.0
+    pgbouncer: bool = False
+    configured_min_size: int | None = None
+    configured_max_size: int | None = None
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> PoolConfig:
-        """Build from one database's settings."""
+        """Build from one database's settings (and ``WEB_CONCURRENCY`` for the workers)."""
+        workers = settings.pool_workers or _web_concurrency()
+        max_size, min_size = settings.pool_max_size, settings.pool_min_size
+        if settings.pool_budget:
+            share = settings.pool_budget // workers
+            if share < 1:
+                budget_var = env_var_name(type(settings), "pool_budget")
+                raise ConfigurationError(
+                    f"{budget_var}={settings.pool_budget} gives each of {workers} workers no "
+                    f"connection to the {settings.database.value} database; raise "
+                    f"{budget_var} to at least {workers} or run fewer workers",
+                    env_var=budget_var,
+                )
+            max_size = min(max_size, share)
+            min_size = min(min_size, max_size)
         return cls(
             database=settings.database,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
+            min_size=min_size,
+            max_size=max_size,
             timeout=settings.pool_timeout_sec,
             command_timeout=settings.pool_command_timeout_sec,
             connect_timeout=settings.pool_connect_timeout_sec,
@@ -89,7 +114,32 @@ class PoolConfig:
             startup_required=settings.startup_required,
             exhaustion_warn=settings.pool_exhaustion_warn_sec,
             exhaustion_utilisation=settings.pool_exhaustion_utilisation,
+            workers=workers,
+            budget=settings.pool_budget,
+            capacity_check=settings.pool_capacity_check,
+            drain_timeout=settings.pool_drain_timeout_sec,
+            pgbouncer=settings.pool_pgbouncer,
+            configured_min_size=settings.pool_min_size,
+            configured_max_size=settings.pool_max_size,
         )
+
+
+def _web_concurrency() -> int:
+    """Workers per ``WEB_CONCURRENCY`` (uvicorn/gunicorn's convention), else 1."""
+    raw = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if not raw:
+        return 1
+    try:
+        workers = int(raw)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise ConfigurationError(
+            f"WEB_CONCURRENCY={raw!r} is not a positive number of workers; fix it or set "
+            "PG_POOL_WORKERS / PG_REFERENCE_POOL_WORKERS",
+            env_var="WEB_CONCURRENCY",
+        )
+    return workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +182,10 @@ class PostgresConfig(BaseModel):
             database.value: _load_section(settings_class, env_file)
             for database, settings_class in SETTINGS_CLASSES.items()
         }
-        return cls.model_validate(sections)
+        config = cls.model_validate(sections)
+        for database in SETTINGS_CLASSES:
+            config.get_pool_config(database)  # budget and WEB_CONCURRENCY, checked now
+        return config
 
     def settings_for(self, database: Database | str) -> DatabaseSettings:
         """The settings of ``database``; ``ConfigurationError`` if unknown."""

@@ -26,6 +26,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from wellwon_db import _fork
 from wellwon_db._breaker import CircuitBreaker
 from wellwon_db._config import PoolConfig, TelemetryConfig
 from wellwon_db._database import Database
@@ -41,6 +42,7 @@ from wellwon_db._telemetry import (
     unregister_pool,
 )
 from wellwon_db.errors import (
+    ConfigurationError,
     DatabaseUnavailableError,
     PoolClosedError,
     PoolTimeoutError,
@@ -72,6 +74,16 @@ RESET_SQL: Final = (
 )
 
 
+_CAPACITY_SQL: Final = """
+SELECT current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS superuser_reserved,
+       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS in_use,
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND application_name = $1) AS ours
+"""
+
+
 async def _keep_session(connection: object) -> None:
     """asyncpg ``reset`` hook: the lease already reset what needed it."""
 
@@ -79,12 +91,13 @@ async def _keep_session(connection: object) -> None:
 class _ConnectionInfo:
     """What the pool remembers of one server connection (keyed by backend pid)."""
 
-    __slots__ = ("born", "idle_since", "leased_at")
+    __slots__ = ("born", "holder", "idle_since", "leased_at")
 
     def __init__(self, born: float) -> None:
         self.born = born
         self.idle_since = born
         self.leased_at: float | None = None
+        self.holder: asyncio.Task[Any] | None = None
 
 
 def _port(parts: SplitResult) -> int | None:
@@ -129,6 +142,8 @@ class DatabasePool:
         self.breaker = breaker
         self.retry = RetryPolicy(database.value, retry)
         self._connections: dict[int, _ConnectionInfo] = {}
+        self._fork_generation = _fork.generation
+        self._abandoned: asyncpg.Pool[asyncpg.Record] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
         self._validation_idle = config.validation_idle
         self._leased = 0
@@ -205,6 +220,7 @@ class DatabasePool:
                 database=self._database.value,
             )
         self._state = PoolState.OPENING
+        self._fork_generation = _fork.generation
         try:
             self._pool = await self._connect_within(self._config.startup_wait)
         except DatabaseUnavailableError as exc:
@@ -222,9 +238,50 @@ class DatabasePool:
         except BaseException:
             self._state = PoolState.CLOSED
             raise
+        if self._pool is not None and self._config.capacity_check != "off":
+            try:
+                await self._check_capacity(self._pool)
+            except BaseException:
+                self._state = PoolState.CLOSED
+                pool, self._pool = self._pool, None
+                pool.terminate()
+                raise
         self._state = PoolState.OPEN
         register_pool(self)
         logger.debug("opened %r", self)
+
+    async def _check_capacity(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        """Compare what all workers may open with the server's free connection slots."""
+        config = self._config
+        if config.pgbouncer:
+            return  # the server's slots are PgBouncer's to share, not ours
+        connection = await pool.acquire(timeout=config.timeout)
+        try:
+            row = await connection.fetchrow(_CAPACITY_SQL, config.application_name)
+        finally:
+            if config.min_size == 0:
+                await connection.close()  # a pool of min_size 0 starts with no connection
+            else:
+                await pool.release(connection)
+        if row is None:
+            return
+        reserved = row["superuser_reserved"] + row["reserved"]
+        others = row["in_use"] - row["ours"]
+        available = row["max_connections"] - reserved - others
+        needed = config.workers * config.max_size
+        if needed <= available:
+            return
+        message = (
+            f"the {self._database.value} database cannot hold this service's pools: "
+            f"{config.workers} workers x max_size {config.max_size} = {needed} connections, "
+            f"but the server has {available} free (max_connections {row['max_connections']}, "
+            f"{reserved} reserved, {others} used by others); lower "
+            f"{self._env('pool_max_size')}, set {self._env('pool_budget')}, or raise the "
+            "server's max_connections"
+        )
+        if config.capacity_check == "refuse":
+            raise ConfigurationError(message, env_var=self._env("pool_budget"))
+        logger.warning(message, extra={"database": self._database.value, "needed": needed})
 
     async def _connect_within(self, wait: float) -> asyncpg.Pool[asyncpg.Record]:
         if wait <= 0:
@@ -266,7 +323,8 @@ class DatabasePool:
                 max_inactive_connection_lifetime=config.max_inactive_lifetime,
                 command_timeout=config.command_timeout,
                 timeout=config.connect_timeout,
-                statement_cache_size=config.statement_cache_size,
+                # PgBouncer in transaction mode cannot keep named prepared statements.
+                statement_cache_size=0 if config.pgbouncer else config.statement_cache_size,
                 server_settings={"application_name": config.application_name},
                 init=self._on_connect,
                 reset=_keep_session,
@@ -287,16 +345,26 @@ class DatabasePool:
                 raise
             raise error from exc
 
-    async def close(self, timeout: float | None = 10.0) -> None:
-        """Close every connection; in-use ones are waited for up to ``timeout`` s.
+    async def close(self, timeout: float | None = None) -> None:
+        """Drain, then close: stop handing out connections, wait for in-flight work.
 
-        Connections still in use after ``timeout`` are terminated. Closing a
-        closed pool does nothing.
+        Work holding a connection gets ``timeout`` seconds (default: the
+        ``drain_timeout`` setting) to give it back; connections still held
+        then are terminated and their holders (task names) logged, so a
+        shutdown never hangs on a leaked connection. In a process forked after
+        the pool opened, the inherited connections belong to the parent: they
+        are abandoned without a word to the server. Closing a closed pool
+        does nothing.
         """
         if self._state in (PoolState.CLOSED, PoolState.CLOSING):
             return
+        if timeout is None:
+            timeout = self._config.drain_timeout
         pool, self._pool = self._pool, None
         self._state = PoolState.CLOSING
+        if self._forked():
+            self._abandon(pool)
+            return
         connector, self._connector = self._connector, None
         if connector is not None:
             connector.cancel()
@@ -305,17 +373,12 @@ class DatabasePool:
         try:
             if self._releasing:
                 # Releases of cancelled callers still settling: let them finish.
-                await asyncio.wait(set(self._releasing), timeout=timeout)
+                await asyncio.wait(set(self._releasing), timeout=timeout or None)
             if pool is not None:
                 try:
                     await asyncio.wait_for(pool.close(), timeout)
                 except TimeoutError:
-                    logger.warning(
-                        "the %s pool did not close within %.1fs: connections still in use "
-                        "were terminated",
-                        self._database.value,
-                        timeout,
-                    )
+                    self._log_stragglers(timeout)
                     pool.terminate()
                 except BaseException:
                     pool.terminate()
@@ -325,6 +388,46 @@ class DatabasePool:
             self._connections.clear()
             unregister_pool(self)
             logger.debug("closed %r", self)
+
+    def _log_stragglers(self, timeout: float) -> None:
+        now = time.monotonic()
+        holders = [
+            f"{info.holder.get_name() if info.holder else 'unknown task'} "
+            f"(held {now - info.leased_at:.1f}s)"
+            for info in self._connections.values()
+            if info.leased_at is not None
+        ]
+        logger.warning(
+            "the %s pool did not drain within %.1fs: %d connections still in use were "
+            "terminated; held by: %s",
+            self._database.value,
+            timeout,
+            len(holders),
+            ", ".join(holders) or "unknown",
+            extra={"database": self._database.value, "holders": holders},
+        )
+
+    def _forked(self) -> bool:
+        return self._fork_generation != _fork.generation
+
+    @property
+    def opened_in_this_process(self) -> bool:
+        """False in a process forked after the pool opened: its connections are the parent's."""
+        return not self._forked()
+
+    def _abandon(self, pool: asyncpg.Pool[asyncpg.Record] | None) -> None:
+        """Drop a parent's pool in a forked child without touching its connections."""
+        logger.warning(
+            "the %s pool was opened in a parent process; abandoning it in this forked child "
+            "(its connections belong to the parent)",
+            self._database.value,
+        )
+        self._abandoned = pool  # never closed here: closing would end the parent's sessions
+        self._connector = None
+        self._releasing.clear()
+        self._connections.clear()
+        self._state = PoolState.CLOSED
+        unregister_pool(self)
 
     async def __aenter__(self) -> DatabasePool:
         await self.open()
@@ -345,6 +448,15 @@ class DatabasePool:
         now = time.monotonic()
         self._connections[connection.get_server_pid()] = _ConnectionInfo(now)
         self._stats["connections_opened"] += 1
+
+    def _forked_error(self) -> PoolClosedError:
+        return PoolClosedError(
+            f"the {self._database.value} pool was opened before this process was forked; its "
+            "connections belong to the parent and cannot be used here. Open pools after "
+            "forking (in each worker's start-up or lifespan, not at import time or with "
+            "gunicorn --preload), or call stop_databases() then start_databases() in the child",
+            database=self._database.value,
+        )
 
     def _env(self, field: str) -> str:
         return env_var_name(SETTINGS_CLASSES[self._database], field)
@@ -368,6 +480,8 @@ class DatabasePool:
         ``PoolClosedError`` when the pool is not open.
         """
         pool = self._pool
+        if self._fork_generation != _fork.generation:
+            raise self._forked_error()
         if pool is None:
             if self._connector is not None:
                 raise DatabaseUnavailableError(
@@ -433,6 +547,7 @@ class DatabasePool:
         info = self._connections.get(connection.get_server_pid())
         if info is not None:
             info.leased_at = now
+            info.holder = asyncio.current_task()
         self._stats["acquired"] += 1
         self._leased += 1
         self.telemetry.connection_acquired(now - started)
@@ -589,6 +704,7 @@ class DatabasePool:
             now = time.monotonic()
             self.telemetry.connection_released(now - info.leased_at)
             info.leased_at = None
+            info.holder = None
             self._leased -= 1
             self._watch_pressure(now)
         return info

@@ -138,6 +138,44 @@ class DatabaseSettings(BaseSettings):
         ),
     )
 
+    pool_budget: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description=(
+            "Connections all workers of the service together may hold on this database; "
+            "each worker's max_size becomes at most budget // workers. 0: no budget."
+        ),
+    )
+    pool_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Worker processes sharing the budget; default WEB_CONCURRENCY, else 1.",
+    )
+    pool_capacity_check: Literal["warn", "refuse", "off"] = Field(
+        default="warn",
+        description=(
+            "At start-up, compare workers x max_size with the server's free connection slots: "
+            "'warn' logs, 'refuse' fails start-up, 'off' skips the check."
+        ),
+    )
+    pool_drain_timeout_sec: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description=(
+            "On shutdown, seconds in-flight work may keep its connections before they are "
+            "terminated (and their holders logged)."
+        ),
+    )
+    pool_pgbouncer: bool = Field(
+        default=False,
+        description=(
+            "true: the DSN points at PgBouncer in transaction mode; no prepared-statement "
+            "cache and no reliance on session state."
+        ),
+    )
     pool_exhaustion_warn_sec: float = Field(
         default=5.0,
         ge=0,
