@@ -195,3 +195,22 @@ async def test_drain_terminates_stragglers_and_names_them(
         return await count_connections(db_env.main, "wellwon_db:main") == 0
 
     await wait_until(gone)
+
+
+def test_config_command_shows_the_per_worker_numbers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wellwon_db._cli import main
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    monkeypatch.setenv("PG_POOL_BUDGET", "40")
+    monkeypatch.setenv("PG_REFERENCE_POOL_PGBOUNCER", "true")
+    monkeypatch.setenv("POSTGRES_DSN", "postgresql://app:pw@db-main/app")
+    monkeypatch.setenv("POSTGRES_REFERENCE_DSN", "postgresql://ref:pw@pgbouncer/ref")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "per worker" in line]
+    assert "budget 40" in lines[0]
+    assert "max size per worker 10" in lines[0]
+    assert "max connections all workers 40" in lines[0]
+    assert "statement cache size 0" in lines[1]  # PgBouncer mode

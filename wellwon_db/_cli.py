@@ -309,6 +309,14 @@ def format_config(report: ConfigReport) -> str:
     for name, settings in report.databases.items():
         rows = [(setting.variable, _shown(setting.value), setting.source) for setting in settings]
         lines += ["", f"{name} database", *_table(("variable", "value", "source"), rows, "  ")]
+        derived = report.effective.get(name)
+        if derived:
+            lines.append(
+                "  per worker: "
+                + ", ".join(
+                    f"{key.replace('_', ' ')} {_shown(value)}" for key, value in derived.items()
+                )
+            )
     return "\n".join(lines)
 
 

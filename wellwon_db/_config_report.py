@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -57,6 +57,8 @@ class ConfigReport:
 
     env_file: str | None
     databases: dict[str, list[SettingReport]]
+    #: Per database, what each worker's pool really gets (after the budget).
+    effective: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy, settings keyed by field name."""
@@ -66,6 +68,7 @@ class ConfigReport:
                 name: {setting.field: setting.to_dict() for setting in settings}
                 for name, settings in self.databases.items()
             },
+            "effective": self.effective,
         }
 
 
@@ -91,9 +94,21 @@ def build_config_report(
         ]
         for database, settings_class in SETTINGS_CLASSES.items()
     }
+    effective = {}
+    for database in SETTINGS_CLASSES:
+        pool = config.get_pool_config(database)
+        effective[database.value] = {
+            "workers": pool.workers,
+            "budget": pool.budget or None,
+            "min_size_per_worker": pool.min_size,
+            "max_size_per_worker": pool.max_size,
+            "max_connections_all_workers": pool.workers * pool.max_size,
+            "statement_cache_size": 0 if pool.pgbouncer else pool.statement_cache_size,
+        }
     return ConfigReport(
         env_file=str(env_path.resolve()) if env_path is not None else None,
         databases=databases,
+        effective=effective,
     )
 
 
