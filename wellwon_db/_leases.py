@@ -84,6 +84,7 @@ class PoolLeases:
     _releasing: set[asyncio.Task[None]]
     _validation_idle: float
     _leased: int
+    _held: int
     _pressure_since: float | None
     _pressure_warned: bool
     _always_reset: bool
@@ -136,10 +137,28 @@ class PoolLeases:
                 )
             raise self._closed_error()
         timeout = self._config.timeout
-        self._waiting += 1
         started = time.monotonic()
+        if self._waiting == 0 and self._held < self._config.max_size:
+            # A free holder is certainly queued (every holder not queued is one
+            # we hold, one being released, or one asyncpg is reconnecting, all
+            # counted in _held or bounded by the connect timeout), so no timer:
+            # a timed acquire costs two timers per query (acquire and release).
+            self._held += 1  # reserved before the await, so others see it at once
+            try:
+                connection = await pool.acquire()
+            except BaseException as exc:
+                self._held -= 1
+                error = self._acquire_error(exc)
+                if error is exc:
+                    raise
+                raise error from exc
+            return await self._lease(connection, started)
+        self._waiting += 1
+        self._held += 1
+        acquired = False
         try:
             connection = await pool.acquire(timeout=timeout)
+            acquired = True
         except TimeoutError as exc:
             waiters = self._waiting
             if time.monotonic() - started < timeout * 0.99:
@@ -174,6 +193,26 @@ class PoolLeases:
             raise error from exc
         finally:
             self._waiting -= 1
+            if not acquired:
+                self._held -= 1
+        return await self._lease(connection, started)
+
+    def _acquire_error(self, exc: BaseException) -> BaseException:
+        """Translate a failure of an acquire that had no timer of its own."""
+        if isinstance(exc, TimeoutError):
+            # Only asyncpg's connect timeout can fire here.
+            return DatabaseUnavailableError(
+                f"the {self._database.value} database at {self._address} did not answer "
+                f"within the connect timeout of {self._config.connect_timeout:g}s",
+                database=self._database.value,
+                may_have_run=False,
+            )
+        if isinstance(exc, asyncpg.InterfaceError) and self._pool is None:
+            return self._closed_error()
+        return translate_error(exc, self._database, "acquiring a connection", may_have_run=False)
+
+    async def _lease(self, connection: Connection, started: float) -> Connection:
+        """Validate ``connection`` if it sat idle too long, then begin its lease."""
         if self._validation_idle:
             try:
                 if not await self._usable(connection):
@@ -254,12 +293,12 @@ class PoolLeases:
             pool = self._pool
             if remaining <= 0 or pool is None:
                 break
+            self._held += 1
             try:
                 connection = await pool.acquire(timeout=remaining)
             except BaseException as exc:
-                error = translate_error(
-                    exc, self._database, "replacing a dead connection", may_have_run=False
-                )
+                self._held -= 1
+                error = self._acquire_error(exc)
                 if error is exc:
                     raise
                 raise error from exc
@@ -305,8 +344,11 @@ class PoolLeases:
             logger.debug("discarding a %s connection: %r", self._database.value, exc)
             self._discard(connection)
         finally:
-            if pool is not None:
-                await pool.release(connection)
+            try:
+                if pool is not None:
+                    await pool.release(connection)
+            finally:
+                self._held -= 1
 
     def release_soon(
         self, connection: Connection, effect: SessionEffect = SessionEffect.NONE

@@ -110,6 +110,7 @@ class DatabasePool(PoolLeases):
         self._releasing: set[asyncio.Task[None]] = set()
         self._validation_idle = config.validation_idle
         self._leased = 0
+        self._held = 0
         self._pressure_since: float | None = None
         self._pressure_warned = False
         self._always_reset = config.reset == "always"
