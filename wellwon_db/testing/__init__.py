@@ -3,6 +3,8 @@
 * :func:`override_with_fakes` puts :class:`FakeMainDB`/:class:`FakeReferenceDB`
   in a container and keeps every pool closed.
 * :class:`PostgresServer` starts a real, throwaway PostgreSQL server.
+* :class:`PgBouncerServer` puts a real PgBouncer (transaction pooling by
+  default) in front of a :class:`PostgresServer`.
 * :class:`TcpProxy` sits between a client and a server and cuts the link or
   goes silent on demand, for fault-injection tests.
 * ``pytest_plugins = ["wellwon_db.testing.pytest_plugin"]`` gives fixtures
@@ -20,6 +22,7 @@ from wellwon_db.testing._fakes import (
     UnscriptedQueryError,
     override_with_fakes,
 )
+from wellwon_db.testing._pgbouncer import PgBouncerNotFoundError, PgBouncerServer, find_pgbouncer
 from wellwon_db.testing._proxy import TcpProxy
 from wellwon_db.testing._server import (
     PostgresNotFoundError,
@@ -36,10 +39,13 @@ __all__ = [
     "FakeRecord",
     "FakeReferenceDB",
     "FakeTransactionScope",
+    "PgBouncerNotFoundError",
+    "PgBouncerServer",
     "PostgresNotFoundError",
     "PostgresServer",
     "TcpProxy",
     "UnscriptedQueryError",
+    "find_pgbouncer",
     "find_postgres_bindir",
     "override_with_fakes",
     "run_sync",

@@ -1,0 +1,1 @@
+"""Runnable examples of wellwon_db (not part of the installed package)."""
