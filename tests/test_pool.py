@@ -184,3 +184,48 @@ async def test_close_terminates_a_leaked_connection(db_env: Servers) -> None:
         return await count_connections(db_env.main, "wellwon_db:main") == 0
 
     await wait_until(gone, timeout=5)
+
+
+async def test_close_wakes_waiters_at_once(db_env: Servers) -> None:
+    pool = DatabasePool(
+        Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=1, timeout=30)
+    )
+    await pool.open()
+    held = await pool.acquire_connection()
+    waiter = asyncio.create_task(pool.acquire_connection())
+
+    async def queued() -> bool:
+        return pool.get_stats()["waiting"] == 1
+
+    await wait_until(queued)
+    closing = asyncio.create_task(pool.close(timeout=5))
+    with pytest.raises(PoolClosedError):
+        await asyncio.wait_for(waiter, 2)  # not the 30 s acquire timeout
+    await pool.release_connection(held)
+    await closing
+    assert pool.state is PoolState.CLOSED
+
+
+async def test_waiters_are_served_first_come_first_served(db_env: Servers) -> None:
+    pool = DatabasePool(Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=1))
+    async with pool:
+        held = await pool.acquire_connection()
+        order: list[int] = []
+
+        async def take(i: int) -> None:
+            connection = await pool.acquire_connection()
+            order.append(i)
+            await pool.release_connection(connection)
+
+        tasks = []
+        for i in range(5):
+            tasks.append(asyncio.create_task(take(i)))
+
+            async def queued(n: int = i + 1) -> bool:
+                return pool.get_stats()["waiting"] == n
+
+            await wait_until(queued)
+        await pool.release_connection(held)
+        await asyncio.gather(*tasks)
+        assert order == [0, 1, 2, 3, 4]
+        assert pool.get_stats()["waiting"] == 0

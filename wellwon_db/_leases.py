@@ -10,6 +10,7 @@ lifecycle (open, drain, fork) lives in ``_pool.py``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -56,6 +57,15 @@ RESET_SQL: Final = (
 )
 
 
+class _TurnTimeout(Exception):
+    """A waiter's acquire timeout expired."""
+
+
+def _expire(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_exception(_TurnTimeout())
+
+
 class ConnectionInfo:
     """What the pool remembers of one server connection (keyed by backend pid)."""
 
@@ -85,6 +95,7 @@ class PoolLeases:
     _validation_idle: float
     _leased: int
     _held: int
+    _waiters: collections.deque[asyncio.Future[None]]
     _pressure_since: float | None
     _pressure_warned: bool
     _always_reset: bool
@@ -136,40 +147,48 @@ class PoolLeases:
                     may_have_run=False,
                 )
             raise self._closed_error()
-        timeout = self._config.timeout
         started = time.monotonic()
-        if self._waiting == 0 and self._held < self._config.max_size:
-            # A free holder is certainly queued (every holder not queued is one
-            # we hold, one being released, or one asyncpg is reconnecting, all
-            # counted in _held or bounded by the connect timeout), so no timer:
-            # a timed acquire costs two timers per query (acquire and release).
-            self._held += 1  # reserved before the await, so others see it at once
-            try:
-                connection = await pool.acquire()
-            except BaseException as exc:
-                self._held -= 1
-                error = self._acquire_error(exc)
-                if error is exc:
-                    raise
-                raise error from exc
-            return await self._lease(connection, started)
-        self._waiting += 1
-        self._held += 1
-        acquired = False
+        if self._held >= self._config.max_size or self._waiters:
+            await self._wait_turn(self._config.timeout)  # our turn: a holder is reserved
+        else:
+            self._held += 1  # reserved before any await, so later callers see it
+        return await self._take(pool, started)
+
+    async def _take(self, pool: asyncpg.Pool[asyncpg.Record], started: float) -> Connection:
+        """Get the holder reserved in ``_held`` from asyncpg, then begin the lease.
+
+        A holder is certainly queued in asyncpg (each one not queued is one we
+        hold, one being released, or one asyncpg is reconnecting, which its
+        connect timeout bounds), so asyncpg's acquire runs without a timer:
+        a timed acquire costs two timers per query (acquire and release).
+        """
         try:
-            connection = await pool.acquire(timeout=timeout)
-            acquired = True
-        except TimeoutError as exc:
-            waiters = self._waiting
-            if time.monotonic() - started < timeout * 0.99:
-                # asyncpg's own connect timeout fired before ours.
-                raise DatabaseUnavailableError(
-                    f"the {self._database.value} database at {self._address} did not answer "
-                    f"within the connect timeout of {self._config.connect_timeout:g}s",
-                    database=self._database.value,
-                    may_have_run=False,
-                ) from exc
+            connection = await pool.acquire()
+        except BaseException as exc:
+            self._give_back_turn()
+            error = self._acquire_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        return await self._lease(connection, started)
+
+    async def _wait_turn(self, timeout: float) -> None:
+        """Queue (FIFO) until a holder frees up; it is reserved for us on wake-up.
+
+        Raises ``PoolTimeoutError`` after ``timeout`` seconds. A waiter that
+        times out or is cancelled after being handed a turn passes it on, so
+        no turn is ever lost.
+        """
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(turn)
+        self._waiting += 1
+        timer = loop.call_later(timeout, _expire, turn)
+        try:
+            await turn
+        except _TurnTimeout:
             self._stats["timeouts"] += 1
+            waiters = self._waiting
             raise PoolTimeoutError(
                 f"no connection to the {self._database.value} database within {timeout:g}s: "
                 f"all {self._config.max_size} connections in use, {waiters} tasks waiting "
@@ -179,23 +198,28 @@ class PoolLeases:
                 max_size=self._config.max_size,
                 waiters=waiters,
                 timeout=timeout,
-            ) from exc
-        except asyncpg.InterfaceError as exc:
-            if self._pool is None:
-                raise self._closed_error() from exc
+            ) from None
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled() and turn.exception() is None:
+                self._give_back_turn()  # handed a turn, then cancelled: pass it on
             raise
-        except BaseException as exc:
-            error = translate_error(
-                exc, self._database, "acquiring a connection", may_have_run=False
-            )
-            if error is exc:
-                raise
-            raise error from exc
         finally:
+            timer.cancel()
             self._waiting -= 1
-            if not acquired:
-                self._held -= 1
-        return await self._lease(connection, started)
+            if not turn.done():
+                turn.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(turn)
+
+    def _give_back_turn(self) -> None:
+        """A reserved holder is free again: hand it to the first live waiter, or unreserve."""
+        waiters = self._waiters
+        while waiters:
+            turn = waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the reservation passes to this waiter
+                return
+        self._held -= 1
 
     def _acquire_error(self, exc: BaseException) -> BaseException:
         """Translate a failure of an acquire that had no timer of its own."""
@@ -288,16 +312,17 @@ class PoolLeases:
         """Discard ``dead`` and acquire another within what is left of the timeout."""
         for _ in range(self._config.max_size + 1):
             self._stats["validations_failed"] += 1
-            await self.release_connection(dead, SessionEffect.DISCARD)
-            remaining = self._config.timeout - (time.monotonic() - started)
+            # The dead connection's holder stays reserved for us: it comes back
+            # disconnected and asyncpg reconnects it on the next acquire.
+            await self.release_connection(dead, SessionEffect.DISCARD, keep_turn=True)
             pool = self._pool
-            if remaining <= 0 or pool is None:
+            if pool is None or time.monotonic() - started >= self._config.timeout:
+                self._give_back_turn()
                 break
-            self._held += 1
             try:
-                connection = await pool.acquire(timeout=remaining)
+                connection = await pool.acquire()
             except BaseException as exc:
-                self._held -= 1
+                self._give_back_turn()
                 error = self._acquire_error(exc)
                 if error is exc:
                     raise
@@ -313,7 +338,11 @@ class PoolLeases:
         )
 
     async def release_connection(
-        self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
+        self,
+        connection: Connection,
+        effect: SessionEffect = SessionEffect.NONE,
+        *,
+        keep_turn: bool = False,
     ) -> None:
         """Return ``connection``, first undoing what ``effect`` says it left behind.
 
@@ -348,7 +377,8 @@ class PoolLeases:
                 if pool is not None:
                     await pool.release(connection)
             finally:
-                self._held -= 1
+                if not keep_turn:
+                    self._give_back_turn()
 
     def release_soon(
         self, connection: Connection, effect: SessionEffect = SessionEffect.NONE

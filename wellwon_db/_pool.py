@@ -9,6 +9,7 @@ Connection-level failures are translated into wellwon_db's errors by
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -111,6 +112,7 @@ class DatabasePool(PoolLeases):
         self._validation_idle = config.validation_idle
         self._leased = 0
         self._held = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._pressure_since: float | None = None
         self._pressure_warned = False
         self._always_reset = config.reset == "always"
@@ -326,6 +328,10 @@ class DatabasePool(PoolLeases):
             timeout = self._config.drain_timeout
         pool, self._pool = self._pool, None
         self._state = PoolState.CLOSING
+        while self._waiters:  # queued callers learn at once, not at their timeout
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_exception(self._closed_error())
         if self._forked():
             self._abandon(pool)
             return
