@@ -162,15 +162,18 @@ class PoolLeases:
         connect timeout bounds), so asyncpg's acquire runs without a timer:
         a timed acquire costs two timers per query (acquire and release).
         """
+        return await self._lease(await self._acquire_reserved(pool), started)
+
+    async def _acquire_reserved(self, pool: asyncpg.Pool[asyncpg.Record]) -> Connection:
+        """asyncpg's acquire for a reserved turn; the turn goes back if it fails."""
         try:
-            connection = await pool.acquire()
+            return await pool.acquire()
         except BaseException as exc:
             self._give_back_turn()
             error = self._acquire_error(exc)
             if error is exc:
                 raise
             raise error from exc
-        return await self._lease(connection, started)
 
     async def _wait_turn(self, timeout: float) -> None:
         """Queue (FIFO) until a holder frees up; it is reserved for us on wake-up.
@@ -319,14 +322,7 @@ class PoolLeases:
             if pool is None or time.monotonic() - started >= self._config.timeout:
                 self._give_back_turn()
                 break
-            try:
-                connection = await pool.acquire()
-            except BaseException as exc:
-                self._give_back_turn()
-                error = self._acquire_error(exc)
-                if error is exc:
-                    raise
-                raise error from exc
+            connection = await self._acquire_reserved(pool)
             if await self._usable(connection):
                 return connection
             dead = connection
