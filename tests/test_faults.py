@@ -513,3 +513,44 @@ async def test_cancelled_caller_on_a_silent_link_returns_at_once(
         finally:
             proxy.restore()
             await stop_databases(fault_env.container)
+
+
+async def test_no_reservation_leaks_through_dead_connections(
+    proxied: tuple[Cluster, TcpProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation failures, replacements and timeouts hand every reservation back."""
+    cluster, proxy = proxied
+    reference = cluster.reference_db
+    reference.breaker.disable()
+    assert await reference.fetchval("SELECT 1") == 1
+    proxy.go_deaf()
+    deadline = time.monotonic() + reference.pool.config.validation_idle
+
+    async def idle_long_enough() -> bool:
+        return time.monotonic() > deadline
+
+    await wait_until(idle_long_enough)
+    results = await asyncio.gather(
+        *(reference.fetchval("SELECT 1") for _ in range(12)), return_exceptions=True
+    )
+    assert all(isinstance(r, DatabaseUnavailableError | TimeoutError) for r in results)
+    proxy.restore()
+
+    async def settled() -> bool:
+        stats = reference.pool.get_stats()
+        return stats["reserved"] == 0 and stats["waiting"] == 0
+
+    await wait_until(settled, timeout=15)
+    # Full capacity again: max_size concurrent statements, none waiting forever.
+    max_size = reference.pool.config.max_size
+    pids = await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                reference.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.05)")
+                for _ in range(max_size)
+            )
+        ),
+        10,
+    )
+    assert len(set(pids)) == max_size
+    assert reference.pool.get_stats()["reserved"] == 0

@@ -162,6 +162,7 @@ async def test_stats_snapshot_has_stable_keys(db_env: Servers) -> None:
         "idle",
         "in_use",
         "waiting",
+        "reserved",
         "acquired",
         "timeouts",
         "connections_opened",

@@ -242,13 +242,15 @@ class PoolLeases:
         """Validate ``connection`` if it sat idle too long, then begin its lease."""
         if self._validation_idle:
             try:
-                if not await self._usable(connection):
-                    connection = await self._replace_dead(connection, started)
+                usable = await self._usable(connection)
             except BaseException:
                 # Cancelled (or failed) mid-validation: the ping may still be
                 # in flight, so the connection settles in the background.
                 self.release_soon(connection, SessionEffect.DISCARD)
                 raise
+            if not usable:
+                # From here _replace_dead owns the connection and the turn.
+                connection = await self._replace_dead(connection, started)
         self._begin_lease(connection, started)
         return connection
 
@@ -312,20 +314,36 @@ class PoolLeases:
         return True
 
     async def _replace_dead(self, dead: Connection, started: float) -> Connection:
-        """Discard ``dead`` and acquire another within what is left of the timeout."""
+        """Discard ``dead`` and acquire another within what is left of the timeout.
+
+        The caller's reservation moves with the connection in hand; whatever
+        happens (failure, timeout, cancellation) it is handed back exactly once.
+        """
+        holding = dead
         for _ in range(self._config.max_size + 1):
             self._stats["validations_failed"] += 1
             # The dead connection's holder stays reserved for us: it comes back
             # disconnected and asyncpg reconnects it on the next acquire.
-            await self.release_connection(dead, SessionEffect.DISCARD, keep_turn=True)
+            try:
+                await self.release_connection(holding, SessionEffect.DISCARD, keep_turn=True)
+            except BaseException:
+                self._give_back_turn()
+                raise
             pool = self._pool
             if pool is None or time.monotonic() - started >= self._config.timeout:
                 self._give_back_turn()
                 break
-            connection = await self._acquire_reserved(pool)
-            if await self._usable(connection):
-                return connection
-            dead = connection
+            holding = await self._acquire_reserved(pool)  # gives the turn back if it fails
+            try:
+                usable = await self._usable(holding)
+            except BaseException:
+                self.release_soon(holding, SessionEffect.DISCARD)
+                raise
+            if usable:
+                return holding
+        else:
+            # Out of attempts with one more dead connection in hand.
+            await self.release_connection(holding, SessionEffect.DISCARD)
         raise DatabaseUnavailableError(
             f"the {self._database.value} database at {self._address}: pooled connections are "
             "dead and no live one could be had in time",

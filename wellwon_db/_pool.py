@@ -424,7 +424,7 @@ class DatabasePool(PoolLeases):
     def get_stats(self) -> dict[str, Any]:
         """A snapshot with stable keys, for telemetry and health.
 
-        ``size``/``idle``/``in_use``/``waiting`` are current counts;
+        ``size``/``idle``/``in_use``/``waiting``/``reserved`` are current counts;
         ``acquired``, ``timeouts``, ``connections_opened``,
         ``connections_retired`` and ``resets`` count since open.
         """
@@ -440,5 +440,6 @@ class DatabasePool(PoolLeases):
             "idle": idle,
             "in_use": size - idle,
             "waiting": self._waiting,
+            "reserved": self._held,
             **self._stats,
         }
