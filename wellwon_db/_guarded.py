@@ -65,29 +65,31 @@ async def _attempt(
         record_outcome(breaker, exc, started)
         telemetry.finish(span, query, started, exc, batch=batch)
         raise
-    if span is not None:
-        telemetry.waited(span, _monotonic() - started)
-    effect = session_effect(query)
-    cancelled = False
+    effect = SessionEffect.NONE
     try:
+        if span is not None:
+            telemetry.waited(span, _monotonic() - started)
+        effect = session_effect(query)
         result = await call(connection, query, args, timeout)
     except BaseException as exc:
-        cancelled = isinstance(exc, asyncio.CancelledError)
         error = _translate(exc, pool.database, "running a query")
         record_outcome(breaker, error, started)
         telemetry.finish(span, query, started, error, batch=batch)
+        if isinstance(exc, asyncio.CancelledError):
+            # The statement may still be in flight: don't make a cancelled caller wait.
+            pool.release_soon(connection, effect)
+            raise
         if isinstance(error, DatabaseUnavailableError):
-            effect = SessionEffect.DISCARD  # the connection is not to be trusted again
+            effect = SessionEffect.BROKEN  # the connection is not to be trusted again
+        await pool.release_connection(connection, effect)
         if error is exc:
             raise
         raise error from exc
-    finally:
-        if cancelled:
-            pool.release_soon(connection, effect)  # don't make a cancelled caller wait
-        else:
-            await pool.release_connection(connection, effect)
+    # The outcome is recorded before the release, so a caller cancelled while
+    # the connection goes back still frees its half-open probe.
     breaker.record_success(_monotonic() - started)
     telemetry.finish(span, query, started, batch=batch)
+    await pool.release_connection(connection, effect)
     return result
 
 

@@ -88,6 +88,7 @@ class PoolLeases:
     _config: PoolConfig
     _state: PoolState
     _pool: asyncpg.Pool[asyncpg.Record] | None
+    _home: asyncpg.Pool[asyncpg.Record] | None
     _connector: asyncio.Task[None] | None
     _connections: dict[int, ConnectionInfo]
     _fork_generation: int
@@ -245,8 +246,8 @@ class PoolLeases:
                 usable = await self._usable(connection)
             except BaseException:
                 # Cancelled (or failed) mid-validation: the ping may still be
-                # in flight, so the connection settles in the background.
-                self.release_soon(connection, SessionEffect.DISCARD)
+                # in flight, so the connection is terminated.
+                self.release_soon(connection, SessionEffect.BROKEN)
                 raise
             if not usable:
                 # From here _replace_dead owns the connection and the turn.
@@ -257,11 +258,11 @@ class PoolLeases:
     def _begin_lease(self, connection: Connection, started: float) -> None:
         now = time.monotonic()
         info = self._connections.get(connection.get_server_pid())
-        if info is not None:
+        if info is not None:  # counted only when tracked, as _end_lease uncounts
             info.leased_at = now
             info.holder = asyncio.current_task()
+            self._leased += 1
         self._stats["acquired"] += 1
-        self._leased += 1
         self.telemetry.connection_acquired(now - started)
         self._watch_pressure(now)
 
@@ -314,10 +315,12 @@ class PoolLeases:
         return True
 
     async def _replace_dead(self, dead: Connection, started: float) -> Connection:
-        """Discard ``dead`` and acquire another within what is left of the timeout.
+        """Terminate ``dead`` and acquire another within what is left of the timeout.
 
-        The caller's reservation moves with the connection in hand; whatever
-        happens (failure, timeout, cancellation) it is handed back exactly once.
+        Dead connections are terminated, never closed politely: on a silent
+        link a polite close would wait out its timeout. The caller's
+        reservation moves with the connection in hand; whatever happens
+        (failure, timeout, cancellation) it is handed back exactly once.
         """
         holding = dead
         for _ in range(self._config.max_size + 1):
@@ -325,7 +328,7 @@ class PoolLeases:
             # The dead connection's holder stays reserved for us: it comes back
             # disconnected and asyncpg reconnects it on the next acquire.
             try:
-                await self.release_connection(holding, SessionEffect.DISCARD, keep_turn=True)
+                await self.release_connection(holding, SessionEffect.BROKEN, keep_turn=True)
             except BaseException:
                 self._give_back_turn()
                 raise
@@ -337,13 +340,13 @@ class PoolLeases:
             try:
                 usable = await self._usable(holding)
             except BaseException:
-                self.release_soon(holding, SessionEffect.DISCARD)
+                self.release_soon(holding, SessionEffect.BROKEN)
                 raise
             if usable:
                 return holding
         else:
             # Out of attempts with one more dead connection in hand.
-            await self.release_connection(holding, SessionEffect.DISCARD)
+            await self.release_connection(holding, SessionEffect.BROKEN)
         raise DatabaseUnavailableError(
             f"the {self._database.value} database at {self._address}: pooled connections are "
             "dead and no live one could be had in time",
@@ -362,11 +365,14 @@ class PoolLeases:
 
         A connection older than ``max_lifetime``, or one that a statement
         made unfit for reuse, is closed instead; the pool opens a new one when
-        needed. A connection that fails its reset is terminated.
+        needed. A ``BROKEN`` connection, or one that fails its reset, is
+        terminated. While the pool drains, connections still go back to it.
         """
-        pool = self._pool
+        pool = self._home
         try:
             info = self._end_lease(connection)
+            if effect is SessionEffect.BROKEN:
+                self._discard(connection)
             if connection.is_closed():
                 self._stats["connections_retired"] += 1
                 self._forget(connection)

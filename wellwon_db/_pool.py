@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from typing import Any, Final
@@ -98,7 +97,10 @@ class DatabasePool(PoolLeases):
         self._dsn = dsn
         self._config = config
         self._state = PoolState.NEW
+        # _pool hands connections out (None unless open); _home takes them
+        # back, and stays set while the pool drains.
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._home: asyncpg.Pool[asyncpg.Record] | None = None
         self._connector: asyncio.Task[None] | None = None
         if breaker is None:
             breaker = CircuitBreaker(database.value)
@@ -177,7 +179,8 @@ class DatabasePool(PoolLeases):
         required, ``DatabaseUnavailableError`` is raised and nothing stays
         open; if not, the pool opens empty, its calls fail fast, and it
         connects in the background as soon as the server answers.
-        ``PoolClosedError`` when called twice.
+        ``PoolClosedError`` when called twice, or when :meth:`close` was
+        called while it was opening (what it had opened is closed again).
         """
         if self._state is not PoolState.NEW:
             raise PoolClosedError(
@@ -187,10 +190,11 @@ class DatabasePool(PoolLeases):
             )
         self._state = PoolState.OPENING
         self._fork_generation = _fork.generation
+        pool: asyncpg.Pool[asyncpg.Record] | None = None
         try:
-            self._pool = await self._connect_within(self._config.startup_wait)
+            pool = await self._connect_within(self._config.startup_wait)
         except DatabaseUnavailableError as exc:
-            if self._config.startup_required:
+            if self._config.startup_required or self._state is not PoolState.OPENING:
                 self._state = PoolState.CLOSED
                 raise
             logger.warning(
@@ -202,16 +206,26 @@ class DatabasePool(PoolLeases):
                 self._connect_in_background(), name=f"wellwon_db-connect-{self._database.value}"
             )
         except BaseException:
-            self._state = PoolState.CLOSED
-            raise
-        if self._pool is not None and self._config.capacity_check != "off":
-            try:
-                await self._check_capacity(self._pool)
-            except BaseException:
+            if self._state is PoolState.OPENING:
                 self._state = PoolState.CLOSED
-                pool, self._pool = self._pool, None
+            raise
+        if pool is not None:
+            try:
+                if self._config.capacity_check != "off" and self._state is PoolState.OPENING:
+                    await self._check_capacity(pool)
+            except BaseException:
+                if self._state is PoolState.OPENING:
+                    self._state = PoolState.CLOSED
                 pool.terminate()
                 raise
+            if self._state is not PoolState.OPENING:
+                pool.terminate()
+                raise PoolClosedError(
+                    f"the {self._database.value} pool was closed while it was opening; "
+                    "nothing it opened stays open",
+                    database=self._database.value,
+                )
+            self._pool = self._home = pool
         self._state = PoolState.OPEN
         register_pool(self)
         logger.debug("opened %r", self)
@@ -270,7 +284,7 @@ class DatabasePool(PoolLeases):
         if self._state is not PoolState.OPEN:
             pool.terminate()
             return
-        self._pool = pool
+        self._pool = self._home = pool
         logger.warning("the %s database answers again: pool connected", self._database.value)
 
     def _log_background_failure(self, state: RetryCallState) -> None:
@@ -320,12 +334,13 @@ class DatabasePool(PoolLeases):
         shutdown never hangs on a leaked connection. In a process forked after
         the pool opened, the inherited connections belong to the parent: they
         are abandoned without a word to the server. Closing a closed pool
-        does nothing.
+        does nothing; closing an opening one makes its :meth:`open` fail.
         """
         if self._state in (PoolState.CLOSED, PoolState.CLOSING):
             return
         if timeout is None:
             timeout = self._config.drain_timeout
+        deadline = time.monotonic() + timeout
         pool, self._pool = self._pool, None
         self._state = PoolState.CLOSING
         while self._waiters:  # queued callers learn at once, not at their timeout
@@ -336,17 +351,17 @@ class DatabasePool(PoolLeases):
             self._abandon(pool)
             return
         connector, self._connector = self._connector, None
-        if connector is not None:
-            connector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connector
         try:
-            if self._releasing:
+            if connector is not None:
+                connector.cancel()
+                await asyncio.wait([connector])  # raises only if *we* are cancelled
+            if self._releasing and timeout > 0:
                 # Releases of cancelled callers still settling: let them finish.
-                await asyncio.wait(set(self._releasing), timeout=timeout or None)
+                await asyncio.wait(set(self._releasing), timeout=timeout)
             if pool is not None:
+                remaining = max(deadline - time.monotonic(), 0.0)
                 try:
-                    await asyncio.wait_for(pool.close(), timeout)
+                    await asyncio.wait_for(pool.close(), remaining)
                 except TimeoutError:
                     self._log_stragglers(timeout)
                     pool.terminate()
@@ -354,6 +369,9 @@ class DatabasePool(PoolLeases):
                     pool.terminate()
                     raise
         finally:
+            for task in self._releasing:  # the pool is gone: nothing left for them to do
+                task.cancel()
+            self._home = None
             self._state = PoolState.CLOSED
             self._connections.clear()
             unregister_pool(self)
@@ -367,6 +385,8 @@ class DatabasePool(PoolLeases):
             for info in self._connections.values()
             if info.leased_at is not None
         ]
+        if not holders and not self._releasing:
+            return  # timed out with nothing in use (a drain timeout of 0)
         logger.warning(
             "the %s pool did not drain within %.1fs: %d connections still in use were "
             "terminated; held by: %s",
@@ -393,6 +413,7 @@ class DatabasePool(PoolLeases):
             self._database.value,
         )
         self._abandoned = pool  # never closed here: closing would end the parent's sessions
+        self._home = None
         self._connector = None
         self._releasing.clear()
         self._connections.clear()

@@ -32,7 +32,10 @@ class SessionEffect(IntEnum):
 
     NONE = 0
     RESET = 1
+    #: Close it: its session invalidated asyncpg's prepared statements.
     DISCARD = 2
+    #: Terminate it at once, no I/O: the link failed or a statement may be in flight.
+    BROKEN = 3
 
 
 # Statement starts: the beginning of the text or after ';', past blanks and comments.

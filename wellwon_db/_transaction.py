@@ -102,7 +102,7 @@ class TransactionScope:
             if telemetry is not None:
                 telemetry.finish(span, query, started, error)
             if isinstance(error, DatabaseUnavailableError):
-                self._owner.effect = SessionEffect.DISCARD
+                self._owner.effect = SessionEffect.BROKEN
             if error is exc:
                 raise
             raise error from exc
@@ -264,9 +264,18 @@ class Transaction:
                 # the connection is discarded on release when it is unusable.
                 with contextlib.suppress(Exception):
                     await self._tx.__aexit__(exc_type, exc, tb)
-        finally:
+        except asyncio.CancelledError:
+            # Cancelled mid-COMMIT or mid-ROLLBACK: the statement may still be
+            # in flight and its outcome is unknown, so the connection is
+            # terminated in the background and the caller does not wait.
+            self._end_span("cancelled", None)
+            pool.release_soon(connection, SessionEffect.BROKEN)
+            raise
+        except BaseException:
             self._end_span("cancelled", None)
             await pool.release_connection(connection, self.effect)
+            raise
+        await pool.release_connection(connection, self.effect)
 
     def __repr__(self) -> str:
         return f"<Transaction {self._slot.database.value} options={self._options}>"
