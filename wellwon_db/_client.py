@@ -242,8 +242,8 @@ class DatabaseClient:
             record_outcome(breaker, exc, started)
             raise
         breaker.record_ignored()
-        async with pool.lease(connection):
-            yield connection
+        async with pool.lease(connection) as lent:
+            yield lent
 
 
 class MainDB(DatabaseClient):

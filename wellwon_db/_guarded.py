@@ -60,7 +60,9 @@ async def _attempt(
         telemetry.finish(span, query, started, exc, batch=batch)
         raise
     try:
-        connection = await pool.acquire_connection()
+        connection = pool.take_idle()
+        if connection is None:
+            connection = await pool.acquire_slow(started)
     except BaseException as exc:
         record_outcome(breaker, exc, started)
         telemetry.finish(span, query, started, exc, batch=batch)
@@ -89,7 +91,8 @@ async def _attempt(
     # the connection goes back still frees its half-open probe.
     breaker.record_success(_monotonic() - started)
     telemetry.finish(span, query, started, batch=batch)
-    await pool.release_connection(connection, effect)
+    if not pool.give_back(connection, effect):
+        await pool.finish_release(connection, effect)
     return result
 
 

@@ -1,10 +1,18 @@
 """Leases: handing connections out and taking them back, for :class:`DatabasePool`.
 
+The pool owns its asyncpg connections directly (no ``asyncpg.Pool``
+underneath): idle connections wait in a LIFO stack, callers that find none
+queue FIFO, and a connection given back goes straight to the first waiter.
+``_size`` counts every connection slot in use: open connections plus those
+being opened, never above ``max_size``. A slot freed by a discarded
+connection passes to the first waiter, who opens a new connection in it.
+
 A lease begins when a caller gets a connection (validated when it sat idle
 too long) and ends when it comes back: reset when its session was changed,
-retired when too old or untrustworthy, released in the background when the
-caller was cancelled. Pool pressure is watched at both ends. The pool's
-lifecycle (open, drain, fork) lives in ``_pool.py``.
+closed when too old or untrustworthy, released in the background when the
+caller was cancelled. The common case, an idle connection out and back
+unchanged, involves no await and no allocation besides the caller's own.
+The pool's lifecycle (open, housekeeping, drain, fork) lives in ``_pool.py``.
 """
 
 from __future__ import annotations
@@ -17,15 +25,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from wellwon_db import _fork
 from wellwon_db._config import PoolConfig
 from wellwon_db._database import Database
 from wellwon_db._failures import translate_error
+from wellwon_db._raw import RawConnection
 from wellwon_db._session import SessionEffect
 from wellwon_db._settings import SETTINGS_CLASSES, env_var_name
 from wellwon_db._telemetry import PoolTelemetry
@@ -35,8 +43,14 @@ __all__ = ["RESET_SQL", "Connection", "ConnectionInfo", "PoolLeases", "PoolState
 
 logger = logging.getLogger("wellwon_db.pool")
 
-#: What a lease hands out: asyncpg's pooled connection proxy.
-Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+#: What a lease hands out: an asyncpg connection owned by the pool.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+
+#: A waiter's turn: resolved with a connection, or with ``None`` for a free
+#: slot in which the waiter opens a connection itself.
+Turn: TypeAlias = "asyncio.Future[Connection | None]"
+
+_monotonic = time.monotonic
 
 
 class PoolState(enum.Enum):
@@ -61,50 +75,59 @@ class _TurnTimeout(Exception):
     """A waiter's acquire timeout expired."""
 
 
-def _expire(turn: asyncio.Future[None]) -> None:
-    if not turn.done():
-        turn.set_exception(_TurnTimeout())
-
-
 class ConnectionInfo:
-    """What the pool remembers of one server connection (keyed by backend pid)."""
+    """What the pool remembers of one open connection."""
 
-    __slots__ = ("born", "holder", "idle_since", "leased_at")
+    __slots__ = ("born", "holder", "idle_since", "leased_at", "uses")
 
     def __init__(self, born: float) -> None:
         self.born = born
         self.idle_since = born
         self.leased_at: float | None = None
         self.holder: asyncio.Task[Any] | None = None
+        self.uses = 0
 
 
 class PoolLeases:
     """Acquire and release for :class:`~wellwon_db._pool.DatabasePool` (its base class).
 
-    The pool's constructor sets every attribute declared here.
+    The pool's constructor sets every attribute declared here; ``_connect``
+    (open one connection) is the pool's.
     """
 
     _database: Database
     _config: PoolConfig
     _state: PoolState
-    _pool: asyncpg.Pool[asyncpg.Record] | None
-    _home: asyncpg.Pool[asyncpg.Record] | None
-    _connector: asyncio.Task[None] | None
-    _connections: dict[int, ConnectionInfo]
+    _serving: bool
+    _offline: bool
     _fork_generation: int
+    _idle: collections.deque[Connection]
+    _connections: dict[Connection, ConnectionInfo]
+    _size: int
+    _max_size: int
+    _waiters: collections.deque[tuple[float, Turn]]
+    _expiry: asyncio.TimerHandle | None
+    _drained: asyncio.Future[None] | None
     _releasing: set[asyncio.Task[None]]
     _validation_idle: float
     _leased: int
-    _held: int
-    _waiters: collections.deque[asyncio.Future[None]]
     _pressure_since: float | None
     _pressure_warned: bool
     _always_reset: bool
     _max_lifetime: float
+    _max_uses: int
     _waiting: int
     _stats: dict[str, int]
     _address: str
     telemetry: PoolTelemetry
+
+    async def _connect(self) -> Connection:
+        raise NotImplementedError  # DatabasePool's
+
+    def _refill_soon(self) -> None:
+        raise NotImplementedError  # DatabasePool's
+
+    # -- errors --------------------------------------------------------------
 
     def _forked_error(self) -> PoolClosedError:
         return PoolClosedError(
@@ -129,6 +152,20 @@ class PoolLeases:
             database=self._database.value,
         )
 
+    def _not_serving_error(self) -> Exception:
+        if self._fork_generation != _fork.generation:
+            return self._forked_error()
+        if self._state is PoolState.OPEN and self._offline:
+            return DatabaseUnavailableError(
+                f"the {self._database.value} database at {self._address} has not answered "
+                "since start-up; connecting in the background",
+                database=self._database.value,
+                may_have_run=False,
+            )
+        return self._closed_error()
+
+    # -- acquire -------------------------------------------------------------
+
     async def acquire_connection(self) -> Connection:
         """Take a connection; hand it back with :meth:`release_connection`.
 
@@ -136,60 +173,77 @@ class PoolLeases:
         ``DatabaseUnavailableError`` when a new connection cannot be made,
         ``PoolClosedError`` when the pool is not open.
         """
-        pool = self._pool
-        if self._fork_generation != _fork.generation:
-            raise self._forked_error()
-        if pool is None:
-            if self._connector is not None:
-                raise DatabaseUnavailableError(
-                    f"the {self._database.value} database at {self._address} has not answered "
-                    "since start-up; connecting in the background",
-                    database=self._database.value,
-                    may_have_run=False,
-                )
-            raise self._closed_error()
-        started = time.monotonic()
-        if self._held >= self._config.max_size or self._waiters:
-            await self._wait_turn(self._config.timeout)  # our turn: a holder is reserved
-        else:
-            self._held += 1  # reserved before any await, so later callers see it
-        return await self._take(pool, started)
+        connection = self.take_idle()
+        if connection is not None:
+            return connection
+        return await self.acquire_slow(_monotonic())
 
-    async def _take(self, pool: asyncpg.Pool[asyncpg.Record], started: float) -> Connection:
-        """Get the holder reserved in ``_held`` from asyncpg, then begin the lease.
+    def take_idle(self) -> Connection | None:
+        """The common case of :meth:`acquire_connection`, with no await: an idle
+        connection that needs no check, leased to the caller; else ``None``.
 
-        A holder is certainly queued in asyncpg (each one not queued is one we
-        hold, one being released, or one asyncpg is reconnecting, which its
-        connect timeout bounds), so asyncpg's acquire runs without a timer:
-        a timed acquire costs two timers per query (acquire and release).
+        Raises like :meth:`acquire_connection` when the pool is not serving.
         """
-        return await self._lease(await self._acquire_reserved(pool), started)
+        if not self._serving or self._fork_generation != _fork.generation:
+            raise self._not_serving_error()
+        idle = self._idle
+        if not idle:
+            return None
+        connection = idle[-1]
+        info = self._connections[connection]
+        now = _monotonic()
+        if (
+            (self._validation_idle and now - info.idle_since > self._validation_idle)
+            or (self._max_lifetime and now - info.born > self._max_lifetime)
+            or connection.is_closed()
+        ):
+            return None  # the slow path checks it
+        idle.pop()
+        self._begin_lease(info, now, now)
+        return connection
 
-    async def _acquire_reserved(self, pool: asyncpg.Pool[asyncpg.Record]) -> Connection:
-        """asyncpg's acquire for a reserved turn; the turn goes back if it fails."""
+    async def acquire_slow(self, started: float) -> Connection:
+        """:meth:`acquire_connection` when :meth:`take_idle` found nothing to hand out.
+
+        ``started`` (``time.monotonic()``) is when the caller began waiting.
+        """
+        if not self._serving or self._fork_generation != _fork.generation:
+            raise self._not_serving_error()
+        if self._idle:
+            connection = self._idle.pop()
+        elif self._size < self._max_size:
+            self._size += 1  # a slot, reserved before any await
+            connection = await self._open_in_slot()
+        else:
+            connection = await self._wait_turn(self._config.timeout)
+        connection = await self._checked(connection, started)
+        self._begin_lease(self._connections[connection], started, _monotonic())
+        return connection
+
+    async def _open_in_slot(self) -> Connection:
+        """Open a connection in a slot already counted in ``_size``; free it on failure."""
         try:
-            return await pool.acquire()
-        except BaseException as exc:
-            self._give_back_turn()
-            error = self._acquire_error(exc)
-            if error is exc:
-                raise
-            raise error from exc
+            return await self._connect()
+        except BaseException:
+            self._free_slot()
+            raise
 
-    async def _wait_turn(self, timeout: float) -> None:
-        """Queue (FIFO) until a holder frees up; it is reserved for us on wake-up.
+    async def _wait_turn(self, timeout: float) -> Connection:
+        """Queue (FIFO) until a connection or a free slot is handed to us.
 
         Raises ``PoolTimeoutError`` after ``timeout`` seconds. A waiter that
-        times out or is cancelled after being handed a turn passes it on, so
-        no turn is ever lost.
+        times out or is cancelled after being handed something passes it on,
+        so nothing handed out is ever lost. All waiters share one timer:
+        their deadlines come in queue order.
         """
         loop = asyncio.get_running_loop()
-        turn: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(turn)
+        turn: Turn = loop.create_future()
+        self._waiters.append((loop.time() + timeout, turn))
+        if self._expiry is None:
+            self._arm_expiry(loop)
         self._waiting += 1
-        timer = loop.call_later(timeout, _expire, turn)
         try:
-            await turn
+            handed = await turn
         except _TurnTimeout:
             self._stats["timeouts"] += 1
             waiters = self._waiting
@@ -205,66 +259,179 @@ class PoolLeases:
             ) from None
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled() and turn.exception() is None:
-                self._give_back_turn()  # handed a turn, then cancelled: pass it on
+                self._pass_on(turn.result())  # handed something, then cancelled
+            else:
+                turn.cancel()  # the queue skips it
             raise
         finally:
-            timer.cancel()
             self._waiting -= 1
-            if not turn.done():
-                turn.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(turn)
+        if handed is None:
+            return await self._open_in_slot()
+        return handed
 
-    def _give_back_turn(self) -> None:
-        """A reserved holder is free again: hand it to the first live waiter, or unreserve."""
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._expiry = loop.call_at(self._waiters[0][0], self._expire_waiters, loop)
+
+    def _expire_waiters(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail the waiters whose deadline passed; re-arm for the next one."""
+        self._expiry = None
+        waiters = self._waiters
+        now = loop.time()
+        while waiters and waiters[0][0] <= now:
+            _, turn = waiters.popleft()
+            if not turn.done():
+                turn.set_exception(_TurnTimeout())
+        while waiters and waiters[0][1].done():
+            waiters.popleft()
+        if waiters:
+            self._arm_expiry(loop)
+
+    def _next_waiter(self) -> Turn | None:
         waiters = self._waiters
         while waiters:
-            turn = waiters.popleft()
+            turn = waiters.popleft()[1]
             if not turn.done():
-                turn.set_result(None)  # the reservation passes to this waiter
+                return turn
+        return None
+
+    def _pass_on(self, handed: Connection | None) -> None:
+        if handed is None:
+            self._free_slot()
+        else:
+            self._put_back(handed)
+
+    def _put_back(self, connection: Connection) -> None:
+        """A usable connection is free: to the first waiter, else to the idle stack."""
+        if self._waiters:
+            turn = self._next_waiter()
+            if turn is not None:
+                turn.set_result(connection)
                 return
-        self._held -= 1
+        self._idle.append(connection)
+        if self._drained is not None:
+            self._check_drained()
+
+    def _free_slot(self) -> None:
+        """A slot is free (its connection is gone): to the first waiter, else uncount it."""
+        if self._waiters and self._state is PoolState.OPEN:
+            turn = self._next_waiter()
+            if turn is not None:
+                turn.set_result(None)  # it opens a connection in this slot
+                return
+        self._size -= 1
+        if self._drained is not None:
+            self._check_drained()
+        elif self._size < self._config.min_size:
+            self._refill_soon()
+
+    def _check_drained(self) -> None:
+        drained = self._drained
+        if drained is not None and not drained.done() and len(self._idle) >= self._size:
+            drained.set_result(None)
 
     def _acquire_error(self, exc: BaseException) -> BaseException:
-        """Translate a failure of an acquire that had no timer of its own."""
+        """Translate a failure to open a connection."""
         if isinstance(exc, TimeoutError):
-            # Only asyncpg's connect timeout can fire here.
             return DatabaseUnavailableError(
                 f"the {self._database.value} database at {self._address} did not answer "
                 f"within the connect timeout of {self._config.connect_timeout:g}s",
                 database=self._database.value,
                 may_have_run=False,
             )
-        if isinstance(exc, asyncpg.InterfaceError) and self._pool is None:
-            return self._closed_error()
-        return translate_error(exc, self._database, "acquiring a connection", may_have_run=False)
+        return translate_error(
+            exc, self._database, f"connecting to {self._address}", may_have_run=False
+        )
 
-    async def _lease(self, connection: Connection, started: float) -> Connection:
-        """Validate ``connection`` if it sat idle too long, then begin its lease."""
-        if self._validation_idle:
-            try:
-                usable = await self._usable(connection)
-            except BaseException:
-                # Cancelled (or failed) mid-validation: the ping may still be
-                # in flight, so the connection is terminated.
-                self.release_soon(connection, SessionEffect.BROKEN)
-                raise
-            if not usable:
-                # From here _replace_dead owns the connection and the turn.
-                connection = await self._replace_dead(connection, started)
-        self._begin_lease(connection, started)
-        return connection
+    # -- validation ------------------------------------------------------------
 
-    def _begin_lease(self, connection: Connection, started: float) -> None:
-        now = time.monotonic()
-        info = self._connections.get(connection.get_server_pid())
-        if info is not None:  # counted only when tracked, as _end_lease uncounts
-            info.leased_at = now
-            info.holder = asyncio.current_task()
-            self._leased += 1
+    async def _checked(self, connection: Connection, started: float) -> Connection:
+        """``connection``, or a live replacement when it is dead, expired or fails its ping.
+
+        A connection idle for longer than ``validation_idle`` is pinged
+        (HikariCP's rule). Dead ones are terminated, never closed politely:
+        on a silent link a polite close would wait out its timeout. The slot
+        in hand moves to the replacement; whatever happens (failure, timeout,
+        cancellation) it is handed back exactly once.
+        """
+        for _ in range(self._config.max_size + 2):
+            info = self._connections[connection]
+            now = _monotonic()
+            if connection.is_closed():
+                usable = False
+            elif self._max_lifetime and now - info.born > self._max_lifetime:
+                self._stats["connections_retired"] += 1
+                self._forget(connection)
+                self._close_soon(connection)
+                connection = await self._next_connection(started)
+                continue
+            elif self._validation_idle and now - info.idle_since > self._validation_idle:
+                try:
+                    usable = await self._ping(connection)
+                except BaseException:
+                    # Cancelled mid-ping: the ping may still be in flight.
+                    self._discard(connection)
+                    self._free_slot()
+                    raise
+            else:
+                return connection
+            if usable:
+                info.idle_since = _monotonic()
+                return connection
+            self._stats["validations_failed"] += 1
+            self._discard(connection)
+            connection = await self._next_connection(started)
+        self._discard(connection)
+        self._free_slot()
+        raise DatabaseUnavailableError(
+            f"the {self._database.value} database at {self._address}: pooled connections are "
+            "dead and no live one could be had in time",
+            database=self._database.value,
+            may_have_run=False,
+        )
+
+    async def _next_connection(self, started: float) -> Connection:
+        """Another connection for the slot in hand: an idle one, or a new one."""
+        if self._state is not PoolState.OPEN:
+            self._free_slot()
+            raise self._not_serving_error()
+        if _monotonic() - started >= self._config.timeout:
+            self._free_slot()
+            raise DatabaseUnavailableError(
+                f"the {self._database.value} database at {self._address}: pooled connections "
+                "are dead and no live one could be had in time",
+                database=self._database.value,
+                may_have_run=False,
+            )
+        if self._idle:
+            self._size -= 1  # the idle one brings its own slot
+            return self._idle.pop()
+        return await self._open_in_slot()
+
+    async def _ping(self, connection: Connection) -> bool:
+        try:
+            await connection.execute("", timeout=self._config.connect_timeout)
+        except (TimeoutError, Exception):
+            return False
+        return True
+
+    # -- lease bookkeeping ---------------------------------------------------
+
+    def _begin_lease(self, info: ConnectionInfo, started: float, now: float) -> None:
+        info.leased_at = now
+        info.holder = asyncio.current_task()
+        info.uses += 1
         self._stats["acquired"] += 1
+        self._leased += 1
         self.telemetry.connection_acquired(now - started)
         self._watch_pressure(now)
+
+    def _end_lease(self, info: ConnectionInfo | None, now: float) -> None:
+        if info is not None and info.leased_at is not None:
+            self.telemetry.connection_released(now - info.leased_at)
+            info.leased_at = None
+            info.holder = None
+            self._leased -= 1
+            self._watch_pressure(now)
 
     def _watch_pressure(self, now: float) -> None:
         """Warn once per episode of waiters or high utilisation lasting ``exhaustion_warn``."""
@@ -276,10 +443,11 @@ class PoolLeases:
             or self._leased * 100.0 >= config.exhaustion_utilisation * config.max_size
         )
         if not pressed:
-            if self._pressure_warned:
-                logger.info("the %s pool is no longer under pressure", self._database.value)
-            self._pressure_since = None
-            self._pressure_warned = False
+            if self._pressure_since is not None:
+                if self._pressure_warned:
+                    logger.info("the %s pool is no longer under pressure", self._database.value)
+                self._pressure_since = None
+                self._pressure_warned = False
             return
         if self._pressure_since is None:
             self._pressure_since = now
@@ -303,102 +471,96 @@ class PoolLeases:
                 },
             )
 
-    async def _usable(self, connection: Connection) -> bool:
-        """Ping a connection idle for longer than ``validation_idle`` (HikariCP's rule)."""
-        info = self._connections.get(connection.get_server_pid())
-        if info is None or time.monotonic() - info.idle_since <= self._validation_idle:
-            return True
-        try:
-            await connection.execute("", timeout=self._config.connect_timeout)
-        except (TimeoutError, Exception):
+    # -- release -------------------------------------------------------------
+
+    def give_back(self, connection: Connection, effect: SessionEffect) -> bool:
+        """End the lease; return ``connection`` at once when that needs no I/O.
+
+        ``False`` means the connection still needs a reset, a close or a
+        terminate: finish with :meth:`finish_release`.
+        """
+        info = self._connections.get(connection)
+        now = _monotonic()
+        self._end_lease(info, now)
+        if (
+            effect
+            or info is None
+            or self._always_reset
+            or connection.is_in_transaction()
+            or connection.is_closed()
+            or (self._max_uses and info.uses >= self._max_uses)
+            or (self._max_lifetime and now - info.born > self._max_lifetime)
+        ):
             return False
+        info.idle_since = now
+        self._put_back(connection)
         return True
 
-    async def _replace_dead(self, dead: Connection, started: float) -> Connection:
-        """Terminate ``dead`` and acquire another within what is left of the timeout.
-
-        Dead connections are terminated, never closed politely: on a silent
-        link a polite close would wait out its timeout. The caller's
-        reservation moves with the connection in hand; whatever happens
-        (failure, timeout, cancellation) it is handed back exactly once.
-        """
-        holding = dead
-        for _ in range(self._config.max_size + 1):
-            self._stats["validations_failed"] += 1
-            # The dead connection's holder stays reserved for us: it comes back
-            # disconnected and asyncpg reconnects it on the next acquire.
-            try:
-                await self.release_connection(holding, SessionEffect.BROKEN, keep_turn=True)
-            except BaseException:
-                self._give_back_turn()
-                raise
-            pool = self._pool
-            if pool is None or time.monotonic() - started >= self._config.timeout:
-                self._give_back_turn()
-                break
-            holding = await self._acquire_reserved(pool)  # gives the turn back if it fails
-            try:
-                usable = await self._usable(holding)
-            except BaseException:
-                self.release_soon(holding, SessionEffect.BROKEN)
-                raise
-            if usable:
-                return holding
-        else:
-            # Out of attempts with one more dead connection in hand.
-            await self.release_connection(holding, SessionEffect.BROKEN)
-        raise DatabaseUnavailableError(
-            f"the {self._database.value} database at {self._address}: pooled connections are "
-            "dead and no live one could be had in time",
-            database=self._database.value,
-            may_have_run=False,
-        )
-
-    async def release_connection(
-        self,
-        connection: Connection,
-        effect: SessionEffect = SessionEffect.NONE,
-        *,
-        keep_turn: bool = False,
+    async def finish_release(
+        self, connection: Connection, effect: SessionEffect, *, settle: bool = False
     ) -> None:
-        """Return ``connection``, first undoing what ``effect`` says it left behind.
+        """The rest of a release :meth:`give_back` could not do without I/O.
 
-        A connection older than ``max_lifetime``, or one that a statement
-        made unfit for reuse, is closed instead; the pool opens a new one when
-        needed. A ``BROKEN`` connection, or one that fails its reset, is
-        terminated. While the pool drains, connections still go back to it.
+        A connection older than ``max_lifetime``, used ``max_queries`` times,
+        or one that a statement made unfit for reuse, is closed instead; the
+        pool opens a new one when needed. A ``BROKEN`` connection, or one
+        that fails its reset, is terminated. ``settle`` (a cancelled
+        caller's connection) pings it first, which waits out a statement
+        cancellation still in progress; one that fails is terminated.
         """
-        pool = self._home
+        info = self._connections.get(connection)
+        if info is None:  # not ours any more (the pool closed or was abandoned)
+            with contextlib.suppress(Exception):
+                connection.terminate()
+            return
         try:
-            info = self._end_lease(connection)
             if effect is SessionEffect.BROKEN:
                 self._discard(connection)
             if connection.is_closed():
                 self._stats["connections_retired"] += 1
                 self._forget(connection)
-            elif effect is SessionEffect.DISCARD or self._expired(info):
-                await self._retire(connection)
-            else:
-                if effect or self._always_reset or connection.is_in_transaction():
-                    self._stats["resets"] += 1
-                    await self._reset(connection)
-                if info is not None:
-                    info.idle_since = time.monotonic()
+                self._free_slot()
+                return
+            if (
+                effect is SessionEffect.DISCARD
+                or (self._max_uses and info.uses >= self._max_uses)
+                or (self._max_lifetime and _monotonic() - info.born > self._max_lifetime)
+            ):
+                self._stats["connections_retired"] += 1
+                self._forget(connection)
+                try:
+                    await connection.close(timeout=self._config.command_timeout)
+                finally:
+                    self._free_slot()
+                return
+            if effect or self._always_reset or connection.is_in_transaction():
+                self._stats["resets"] += 1
+                await self._reset(connection)
+            elif settle and not await self._ping(connection):
+                self._drop(connection)
+                return
         except asyncio.CancelledError:
-            self._discard(connection)
+            self._drop(connection)
             raise
         except Exception as exc:
             # The session's state is unknown (reset failed, or the connection
             # is busy cancelling a statement): never hand it out again.
             logger.debug("discarding a %s connection: %r", self._database.value, exc)
-            self._discard(connection)
-        finally:
-            try:
-                if pool is not None:
-                    await pool.release(connection)
-            finally:
-                if not keep_turn:
-                    self._give_back_turn()
+            self._drop(connection)
+            return
+        info.idle_since = _monotonic()
+        self._put_back(connection)
+
+    async def release_connection(
+        self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
+    ) -> None:
+        """Return ``connection``, first undoing what ``effect`` says it left behind.
+
+        See :meth:`finish_release` for when it is closed instead. While the
+        pool drains, connections still come back to it.
+        """
+        if not self.give_back(connection, effect):
+            await self.finish_release(connection, effect)
 
     def release_soon(
         self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
@@ -411,8 +573,9 @@ class PoolLeases:
         cancelled caller must not wait for it, so the release (and the
         clean-up or discard it decides) finishes on its own.
         """
+        self._end_lease(self._connections.get(connection), _monotonic())
         task = asyncio.get_running_loop().create_task(
-            self.release_connection(connection, effect),
+            self.finish_release(connection, effect, settle=True),
             name=f"wellwon_db-release-{self._database.value}",
         )
         self._releasing.add(task)
@@ -423,10 +586,30 @@ class PoolLeases:
         if not task.cancelled() and task.exception() is not None:
             logger.debug("background release failed: %r", task.exception())
 
+    def _drop(self, connection: Connection) -> None:
+        """Terminate a connection we hold and free its slot (once)."""
+        if connection in self._connections:
+            self._discard(connection)
+            self._free_slot()
+
     def _discard(self, connection: Connection) -> None:
-        self._forget(connection)
-        with contextlib.suppress(asyncpg.InterfaceError):
+        """Terminate ``connection`` at once and stop tracking it; its slot stays counted."""
+        if self._connections.pop(connection, None) is not None:
+            self._stats["connections_retired"] += 1
+        with contextlib.suppress(Exception):
             connection.terminate()
+
+    def _forget(self, connection: Connection) -> None:
+        self._connections.pop(connection, None)
+
+    def _close_soon(self, connection: Connection) -> None:
+        """Close a connection the pool no longer tracks, politely, in the background."""
+        task = asyncio.get_running_loop().create_task(
+            _close_quietly(connection, self._config.command_timeout),
+            name=f"wellwon_db-close-{self._database.value}",
+        )
+        self._releasing.add(task)
+        task.add_done_callback(self._released)
 
     async def _reset(self, connection: Connection) -> None:
         async with asyncio.timeout(self._config.command_timeout):
@@ -434,55 +617,57 @@ class PoolLeases:
                 await connection.execute("ROLLBACK")
             await connection.execute(RESET_SQL)
 
-    def _end_lease(self, connection: Connection) -> ConnectionInfo | None:
-        info = self._connections.get(connection.get_server_pid())
-        if info is not None and info.leased_at is not None:
-            now = time.monotonic()
-            self.telemetry.connection_released(now - info.leased_at)
-            info.leased_at = None
-            info.holder = None
-            self._leased -= 1
-            self._watch_pressure(now)
-        return info
-
-    def _expired(self, info: ConnectionInfo | None) -> bool:
-        if not self._max_lifetime or info is None:
-            return False
-        return time.monotonic() - info.born > self._max_lifetime
-
-    def _forget(self, connection: Connection) -> None:
-        with contextlib.suppress(asyncpg.InterfaceError):
-            self._connections.pop(connection.get_server_pid(), None)
-
-    async def _retire(self, connection: Connection) -> None:
-        self._stats["connections_retired"] += 1
-        self._forget(connection)
-        await connection.close(timeout=self._config.command_timeout)
+    # -- raw leases ----------------------------------------------------------
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
         """A raw connection for the block; fully reset when it comes back.
 
         The connection is asyncpg's; anything may be done with it, so its
-        session is always reset on release.
+        session is always reset on release. Using it after the block raises
+        asyncpg's ``InterfaceError``.
         """
         connection = await self.acquire_connection()
-        async with self.lease(connection):
-            yield connection
+        async with self.lease(connection) as lent:
+            yield lent
 
-    @asynccontextmanager
-    async def lease(self, connection: Connection) -> AsyncIterator[None]:
-        """Release ``connection`` (fully reset) when the block ends.
+    def _on_terminated(self, connection: Any) -> None:
+        """asyncpg termination listener: an idle connection that died leaves the pool.
 
-        A cancelled block releases in the background, so cancellation is never
-        held up by a connection that is still settling.
+        A leased one is noticed when it comes back.
         """
         try:
-            yield
+            self._idle.remove(connection)
+        except ValueError:
+            return
+        if self._connections.pop(connection, None) is not None:
+            self._stats["connections_retired"] += 1
+        self._free_slot()
+
+    @asynccontextmanager
+    async def lease(self, connection: Connection) -> AsyncIterator[Connection]:
+        """Lend ``connection`` for the block; release it (fully reset) when the block ends.
+
+        The block gets a :class:`RawConnection` that refuses use after the
+        block. A cancelled block releases in the background, so cancellation
+        is never held up by a connection that is still settling.
+        """
+        lent = RawConnection(connection)
+        try:
+            yield cast("Connection", lent)
         except asyncio.CancelledError:
             self.release_soon(connection, SessionEffect.RESET)
             raise
         except BaseException:
             await self.release_connection(connection, SessionEffect.RESET)
             raise
+        finally:
+            lent.detach()
         await self.release_connection(connection, SessionEffect.RESET)
+
+
+async def _close_quietly(connection: Connection, timeout: float) -> None:
+    try:
+        await connection.close(timeout=timeout)
+    except Exception:
+        connection.terminate()

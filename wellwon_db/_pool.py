@@ -1,6 +1,7 @@
-"""One asyncpg pool per database: lifecycle (open, start-up, drain, fork), stats.
+"""One connection pool per database: lifecycle (open, start-up, housekeeping, drain, fork).
 
-Handing connections out and taking them back is in ``_leases.py``.
+The pool owns asyncpg connections directly; handing them out and taking them
+back is in ``_leases.py``.
 
 Connection-level failures are translated into wellwon_db's errors by
 ``_failures.translate_error``; PostgreSQL's own errors pass through unchanged.
@@ -29,8 +30,7 @@ from wellwon_db._breaker import CircuitBreaker
 from wellwon_db._config import PoolConfig, TelemetryConfig
 from wellwon_db._database import Database
 from wellwon_db._dsn import redact_dsn
-from wellwon_db._failures import translate_error
-from wellwon_db._leases import Connection, ConnectionInfo, PoolLeases, PoolState
+from wellwon_db._leases import Connection, ConnectionInfo, PoolLeases, PoolState, Turn
 from wellwon_db._retry import RetryConfig, RetryPolicy
 from wellwon_db._telemetry import (
     PoolTelemetry,
@@ -57,10 +57,6 @@ SELECT current_setting('max_connections')::int AS max_connections,
        (SELECT count(*) FROM pg_stat_activity
          WHERE backend_type = 'client backend' AND application_name = $1) AS ours
 """
-
-
-async def _keep_session(connection: object) -> None:
-    """asyncpg ``reset`` hook: the lease already reset what needed it."""
 
 
 def _port(parts: SplitResult) -> int | None:
@@ -97,28 +93,35 @@ class DatabasePool(PoolLeases):
         self._dsn = dsn
         self._config = config
         self._state = PoolState.NEW
-        # _pool hands connections out (None unless open); _home takes them
-        # back, and stays set while the pool drains.
-        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._home: asyncpg.Pool[asyncpg.Record] | None = None
+        #: True while open and connected: the one check of the per-call path.
+        self._serving = False
+        #: Open, but the server has not answered since start-up.
+        self._offline = False
         self._connector: asyncio.Task[None] | None = None
+        self._housekeeper: asyncio.Task[None] | None = None
+        self._refill: asyncio.Task[None] | None = None
+        self._idle: collections.deque[Connection] = collections.deque()
+        self._size = 0
+        self._max_size = config.max_size
+        self._expiry: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future[None] | None = None
         if breaker is None:
             breaker = CircuitBreaker(database.value)
             breaker.add_listener(record_breaker_transition)
         self.breaker = breaker
         self.retry = RetryPolicy(database.value, retry)
-        self._connections: dict[int, ConnectionInfo] = {}
+        self._connections: dict[Connection, ConnectionInfo] = {}
         self._fork_generation = _fork.generation
-        self._abandoned: asyncpg.Pool[asyncpg.Record] | None = None
+        self._abandoned: list[Connection] = []
         self._releasing: set[asyncio.Task[None]] = set()
         self._validation_idle = config.validation_idle
         self._leased = 0
-        self._held = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[tuple[float, Turn]] = collections.deque()
         self._pressure_since: float | None = None
         self._pressure_warned = False
         self._always_reset = config.reset == "always"
         self._max_lifetime = config.max_lifetime
+        self._max_uses = config.max_queries
         self._waiting = 0
         self._stats = {
             "acquired": 0,
@@ -190,10 +193,19 @@ class DatabasePool(PoolLeases):
             )
         self._state = PoolState.OPENING
         self._fork_generation = _fork.generation
-        pool: asyncpg.Pool[asyncpg.Record] | None = None
+        offline = False
         try:
-            pool = await self._connect_within(self._config.startup_wait)
+            await self._connect_within(self._config.startup_wait)
+            if self._config.capacity_check != "off" and self._state is PoolState.OPENING:
+                await self._check_capacity()
+        except PoolClosedError:
+            self._terminate_all()
+            if self._state is PoolState.OPENING:
+                self._state = PoolState.CLOSED
+                raise
+            raise self._closed_while_opening() from None
         except DatabaseUnavailableError as exc:
+            self._terminate_all()
             if self._config.startup_required or self._state is not PoolState.OPENING:
                 self._state = PoolState.CLOSED
                 raise
@@ -202,47 +214,53 @@ class DatabasePool(PoolLeases):
                 self._database.value,
                 exc,
             )
-            self._connector = asyncio.create_task(
-                self._connect_in_background(), name=f"wellwon_db-connect-{self._database.value}"
-            )
+            offline = True
         except BaseException:
+            self._terminate_all()
             if self._state is PoolState.OPENING:
                 self._state = PoolState.CLOSED
             raise
-        if pool is not None:
-            try:
-                if self._config.capacity_check != "off" and self._state is PoolState.OPENING:
-                    await self._check_capacity(pool)
-            except BaseException:
-                if self._state is PoolState.OPENING:
-                    self._state = PoolState.CLOSED
-                pool.terminate()
-                raise
-            if self._state is not PoolState.OPENING:
-                pool.terminate()
-                raise PoolClosedError(
-                    f"the {self._database.value} pool was closed while it was opening; "
-                    "nothing it opened stays open",
-                    database=self._database.value,
-                )
-            self._pool = self._home = pool
+        if self._state is not PoolState.OPENING:
+            self._terminate_all()
+            raise self._closed_while_opening()
         self._state = PoolState.OPEN
+        self._offline = offline
+        self._serving = not offline
+        name = self._database.value
+        if offline:
+            self._connector = asyncio.create_task(
+                self._connect_in_background(), name=f"wellwon_db-connect-{name}"
+            )
+        self._housekeeper = asyncio.create_task(
+            self._keep_house(), name=f"wellwon_db-housekeeping-{name}"
+        )
         register_pool(self)
         logger.debug("opened %r", self)
 
-    async def _check_capacity(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    def _closed_while_opening(self) -> PoolClosedError:
+        return PoolClosedError(
+            f"the {self._database.value} pool was closed while it was opening; "
+            "nothing it opened stays open",
+            database=self._database.value,
+        )
+
+    async def _check_capacity(self) -> None:
         """Compare what all workers may open with the server's free connection slots."""
         config = self._config
         if config.pgbouncer:
             return  # the server's slots are PgBouncer's to share, not ours
-        connection = await pool.acquire(timeout=config.timeout)
-        try:
-            row = await connection.fetchrow(_CAPACITY_SQL, config.application_name)
-        finally:
-            if config.min_size == 0:
-                await connection.close()  # a pool of min_size 0 starts with no connection
-            else:
-                await pool.release(connection)
+        if self._idle:
+            connection = self._idle[-1]
+        else:  # min_size 0: one connection for the question, closed after it
+            self._size += 1
+            connection = await self._open_in_slot()
+            self._idle.append(connection)
+        row = await connection.fetchrow(_CAPACITY_SQL, config.application_name)
+        if config.min_size == 0:
+            self._idle.remove(connection)
+            self._forget(connection)
+            self._size -= 1
+            await connection.close(timeout=config.command_timeout)
         if row is None:
             return
         reserved = row["superuser_reserved"] + row["reserved"]
@@ -263,16 +281,35 @@ class DatabasePool(PoolLeases):
             raise ConfigurationError(message, env_var=self._env("pool_budget"))
         logger.warning(message, extra={"database": self._database.value, "needed": needed})
 
-    async def _connect_within(self, wait: float) -> asyncpg.Pool[asyncpg.Record]:
+    async def _connect_within(self, wait: float) -> None:
         if wait <= 0:
-            return await self._create_pool()
+            await self._fill()
+            return
         retrying = AsyncRetrying(
             stop=stop_after_delay(wait),
             wait=wait_random_exponential(multiplier=0.1, max=2.0),
             retry=retry_if_exception_type(DatabaseUnavailableError),
             reraise=True,
         )
-        return await retrying(self._create_pool)
+        await retrying(self._fill)
+
+    async def _fill(self) -> None:
+        """Open connections up to ``min_size``, concurrently; all or none."""
+        missing = self._config.min_size - self._size
+        if missing <= 0:
+            return
+        self._size += missing
+        results = await asyncio.gather(
+            *(self._connect() for _ in range(missing)), return_exceptions=True
+        )
+        opened = [r for r in results if not isinstance(r, BaseException)]
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            self._size -= missing
+            for connection in opened:
+                self._discard(connection)
+            raise failures[0]
+        self._idle.extend(opened)
 
     async def _connect_in_background(self) -> None:
         retrying = AsyncRetrying(
@@ -280,50 +317,114 @@ class DatabasePool(PoolLeases):
             retry=retry_if_exception_type(Exception),
             before_sleep=self._log_background_failure,
         )
-        pool: asyncpg.Pool[asyncpg.Record] = await retrying(self._create_pool)
-        if self._state is not PoolState.OPEN:
-            pool.terminate()
-            return
-        self._pool = self._home = pool
+        await retrying(self._first_connection)
+        self._offline = False
+        self._serving = self._state is PoolState.OPEN
+        self._connector = None
         logger.warning("the %s database answers again: pool connected", self._database.value)
+        self._refill_soon()
+
+    async def _first_connection(self) -> None:
+        self._size += 1
+        self._put_back(await self._open_in_slot())
 
     def _log_background_failure(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         log = logger.debug if isinstance(error, DatabaseUnavailableError) else logger.warning
         log("the %s database is still not reachable: %s", self._database.value, error)
 
-    async def _create_pool(self) -> asyncpg.Pool[asyncpg.Record]:
+    async def _connect(self) -> Connection:
+        """Open one connection and start tracking it (its slot is counted already)."""
         config = self._config
+        started = time.monotonic()
         try:
-            return await asyncpg.create_pool(
+            connection: Connection = await asyncpg.connect(
                 self._dsn,
-                min_size=config.min_size,
-                max_size=config.max_size,
-                max_queries=config.max_queries,
-                max_inactive_connection_lifetime=config.max_inactive_lifetime,
-                command_timeout=config.command_timeout,
                 timeout=config.connect_timeout,
+                command_timeout=config.command_timeout or None,
                 # PgBouncer in transaction mode cannot keep named prepared statements.
                 statement_cache_size=0 if config.pgbouncer else config.statement_cache_size,
                 server_settings={"application_name": config.application_name},
-                init=self._on_connect,
-                reset=_keep_session,
-                connect=self._timed_connect,
             )
-        except TimeoutError as exc:
-            raise DatabaseUnavailableError(
-                f"the {self._database.value} database at {self._address} did not answer "
-                f"within the connect timeout of {config.connect_timeout:g}s",
-                database=self._database.value,
-                may_have_run=False,
-            ) from exc
         except BaseException as exc:
-            error = translate_error(
-                exc, self._database, f"opening a pool to {self._address}", may_have_run=False
-            )
+            error = self._acquire_error(exc)
             if error is exc:
                 raise
             raise error from exc
+        now = time.monotonic()
+        self._connections[connection] = ConnectionInfo(now)
+        connection.add_termination_listener(self._on_terminated)
+        self._stats["connections_opened"] += 1
+        self.telemetry.connection_created(now - started)
+        if self._state is PoolState.CLOSED or self._forked():
+            self._discard(connection)  # closed meanwhile: never leak it
+            raise self._not_serving_error()
+        return connection
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def _refill_soon(self) -> None:
+        """Open connections up to ``min_size`` in the background (one task at a time)."""
+        if self._state is not PoolState.OPEN or self._offline or self._refill is not None:
+            return
+        if self._size >= self._config.min_size:
+            return
+        self._refill = asyncio.get_running_loop().create_task(
+            self._refill_to_min(), name=f"wellwon_db-refill-{self._database.value}"
+        )
+
+    async def _refill_to_min(self) -> None:
+        try:
+            while self._state is PoolState.OPEN and self._size < self._config.min_size:
+                self._size += 1
+                self._put_back(await self._open_in_slot())
+        except Exception as exc:
+            # The next release, acquire or housekeeping round tries again.
+            logger.debug("could not restore the %s pool's minimum: %r", self._database.value, exc)
+        finally:
+            self._refill = None
+
+    def _housekeeping_period(self) -> float:
+        limits = [60.0]
+        for limit in (self._config.max_inactive_lifetime, self._max_lifetime):
+            if limit:
+                limits.append(limit / 2)
+        return max(min(limits), 0.05)
+
+    async def _keep_house(self) -> None:
+        """Every period: close connections idle too long or too old; keep ``min_size``."""
+        period = self._housekeeping_period()
+        while True:
+            await asyncio.sleep(period)
+            self._retire_idle(time.monotonic())
+            self._refill_soon()
+
+    def _retire_idle(self, now: float) -> None:
+        """Close idle connections past ``max_inactive_lifetime`` (above ``min_size``)
+        or past ``max_lifetime``, oldest idle first."""
+        inactive = self._config.max_inactive_lifetime
+        keep = self._config.min_size
+        for connection in list(self._idle):  # the left end has been idle longest
+            info = self._connections.get(connection)
+            if info is None:
+                continue
+            too_old = bool(self._max_lifetime) and now - info.born > self._max_lifetime
+            unused = bool(inactive) and now - info.idle_since > inactive and self._size > keep
+            if too_old or unused:
+                self._idle.remove(connection)
+                self._stats["connections_retired"] += 1
+                self._forget(connection)
+                self._close_soon(connection)
+                self._free_slot()
+
+    def _terminate_all(self) -> None:
+        """Terminate every connection at once (idle or not) and forget them all."""
+        for connection in list(self._connections):
+            self._discard(connection)
+        self._idle.clear()
+        self._size = 0
+
+    # -- close -----------------------------------------------------------------
 
     async def close(self, timeout: float | None = None) -> None:
         """Drain, then close: stop handing out connections, wait for in-flight work.
@@ -341,41 +442,80 @@ class DatabasePool(PoolLeases):
         if timeout is None:
             timeout = self._config.drain_timeout
         deadline = time.monotonic() + timeout
-        pool, self._pool = self._pool, None
+        opening = self._state is PoolState.OPENING
+        self._serving = False
         self._state = PoolState.CLOSING
-        while self._waiters:  # queued callers learn at once, not at their timeout
-            turn = self._waiters.popleft()
-            if not turn.done():
-                turn.set_exception(self._closed_error())
+        self._fail_waiters()
         if self._forked():
-            self._abandon(pool)
+            self._abandon()
             return
-        connector, self._connector = self._connector, None
         try:
-            if connector is not None:
-                connector.cancel()
-                await asyncio.wait([connector])  # raises only if *we* are cancelled
+            await self._stop_tasks()
+            if opening:
+                return  # open() sees the state and closes what it opened
             if self._releasing and timeout > 0:
                 # Releases of cancelled callers still settling: let them finish.
                 await asyncio.wait(set(self._releasing), timeout=timeout)
-            if pool is not None:
-                remaining = max(deadline - time.monotonic(), 0.0)
-                try:
-                    await asyncio.wait_for(pool.close(), remaining)
-                except TimeoutError:
-                    self._log_stragglers(timeout)
-                    pool.terminate()
-                except BaseException:
-                    pool.terminate()
-                    raise
+            if not await self._wait_drained(deadline):
+                self._log_stragglers(timeout)
+            await self._close_idle(max(deadline - time.monotonic(), 0.0))
         finally:
             for task in self._releasing:  # the pool is gone: nothing left for them to do
                 task.cancel()
-            self._home = None
+            self._terminate_all()
             self._state = PoolState.CLOSED
-            self._connections.clear()
             unregister_pool(self)
             logger.debug("closed %r", self)
+
+    def _fail_waiters(self) -> None:
+        """Queued callers learn at once, not at their timeout."""
+        while self._waiters:
+            turn = self._waiters.popleft()[1]
+            if not turn.done():
+                turn.set_exception(self._closed_error())
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    async def _stop_tasks(self) -> None:
+        tasks = [t for t in (self._connector, self._housekeeper, self._refill) if t is not None]
+        self._connector = self._housekeeper = self._refill = None
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # raises only if *we* are cancelled
+
+    async def _wait_drained(self, deadline: float) -> bool:
+        """Wait until every slot is idle or gone; ``False`` at the deadline."""
+        if len(self._idle) >= self._size:
+            return True
+        self._drained = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                await self._drained
+        except TimeoutError:
+            return False
+        finally:
+            self._drained = None
+        return True
+
+    async def _close_idle(self, timeout: float) -> None:
+        idle = list(self._idle)
+        self._idle.clear()
+        for connection in idle:
+            self._forget(connection)
+        if not idle:
+            return
+        results = await asyncio.gather(
+            *(
+                asyncio.wait_for(c.close(timeout=timeout), timeout) if timeout > 0 else _nothing()
+                for c in idle
+            ),
+            return_exceptions=True,
+        )
+        for connection, result in zip(idle, results, strict=True):
+            if isinstance(result, BaseException) or timeout <= 0:
+                connection.terminate()
 
     def _log_stragglers(self, timeout: float) -> None:
         now = time.monotonic()
@@ -405,18 +545,21 @@ class DatabasePool(PoolLeases):
         """False in a process forked after the pool opened: its connections are the parent's."""
         return not self._forked()
 
-    def _abandon(self, pool: asyncpg.Pool[asyncpg.Record] | None) -> None:
-        """Drop a parent's pool in a forked child without touching its connections."""
+    def _abandon(self) -> None:
+        """Drop a parent's connections in a forked child without touching them."""
         logger.warning(
             "the %s pool was opened in a parent process; abandoning it in this forked child "
             "(its connections belong to the parent)",
             self._database.value,
         )
-        self._abandoned = pool  # never closed here: closing would end the parent's sessions
-        self._home = None
-        self._connector = None
-        self._releasing.clear()
+        # Never closed here: closing would end the parent's sessions. Kept
+        # referenced so that garbage collection does not close them either.
+        self._abandoned.extend(self._connections)
         self._connections.clear()
+        self._idle.clear()
+        self._size = 0
+        self._connector = self._housekeeper = self._refill = None
+        self._releasing.clear()
         self._state = PoolState.CLOSED
         unregister_pool(self)
 
@@ -427,31 +570,19 @@ class DatabasePool(PoolLeases):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # -- leases --------------------------------------------------------------
-
-    async def _timed_connect(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.monotonic()
-        connection = await asyncpg.connect(*args, **kwargs)
-        self.telemetry.connection_created(time.monotonic() - started)
-        return connection
-
-    async def _on_connect(self, connection: asyncpg.Connection[asyncpg.Record]) -> None:
-        now = time.monotonic()
-        self._connections[connection.get_server_pid()] = ConnectionInfo(now)
-        self._stats["connections_opened"] += 1
-
     # -- stats ---------------------------------------------------------------
 
     def get_stats(self) -> dict[str, Any]:
         """A snapshot with stable keys, for telemetry and health.
 
-        ``size``/``idle``/``in_use``/``waiting``/``reserved`` are current counts;
-        ``acquired``, ``timeouts``, ``connections_opened``,
+        ``size``/``idle``/``in_use``/``waiting``/``reserved`` are current counts
+        (``reserved``: slots not idle, i.e. in use, being opened or being
+        handed back); ``acquired``, ``timeouts``, ``connections_opened``,
         ``connections_retired`` and ``resets`` count since open.
         """
-        pool = self._pool
-        size = pool.get_size() if pool is not None else 0
-        idle = pool.get_idle_size() if pool is not None else 0
+        # Connections the server or the network closed count as gone at once.
+        size = sum(not c.is_closed() for c in self._connections)
+        idle = sum(not c.is_closed() for c in self._idle)
         return {
             "database": self._database.value,
             "state": self._state.value,
@@ -461,6 +592,10 @@ class DatabasePool(PoolLeases):
             "idle": idle,
             "in_use": size - idle,
             "waiting": self._waiting,
-            "reserved": self._held,
+            "reserved": self._size - idle,
             **self._stats,
         }
+
+
+async def _nothing() -> None:
+    """An awaitable that does nothing (a close with no time left)."""

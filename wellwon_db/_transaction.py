@@ -71,16 +71,29 @@ class TransactionScope:
         owner: Transaction,
         telemetry: PoolTelemetry | None = None,
     ) -> None:
-        self._connection = connection
+        self._connection: Connection | None = connection
         self._database = database
         self._owner = owner
         self._telemetry = telemetry
 
+    def _live(self) -> Connection:
+        connection = self._connection
+        if connection is None:
+            raise asyncpg.InterfaceError(
+                "cannot use the transaction scope: its block ended and the connection was "
+                "released back to the pool; run statements inside the `async with` block"
+            )
+        return connection
+
+    def _end(self) -> None:
+        self._connection = None
+
     @property
     def connection(self) -> Connection:
         """The raw connection; using it marks the session for a reset on release."""
+        connection = self._live()
         self._owner.effect = max(self._owner.effect, SessionEffect.RESET)
-        return self._connection
+        return connection
 
     async def _run(
         self,
@@ -89,6 +102,7 @@ class TransactionScope:
         args: Any,
         timeout: float | None,
     ) -> _T:
+        connection = self._live()
         effect = session_effect(query)
         if effect > self._owner.effect:
             self._owner.effect = effect
@@ -96,7 +110,7 @@ class TransactionScope:
         span = telemetry.start(query) if telemetry is not None else None
         started = time.monotonic()
         try:
-            result = await call(self._connection, query, args, timeout)
+            result = await call(connection, query, args, timeout)
         except BaseException as exc:
             error = translate_error(exc, self._database, "running a query in a transaction")
             if telemetry is not None:
@@ -141,7 +155,7 @@ class TransactionScope:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TransactionScope]:
         """A savepoint for the block: released on success, rolled back on error."""
-        async with self._connection.transaction():
+        async with self._live().transaction():
             yield self
 
 
@@ -155,6 +169,7 @@ class Transaction:
         "_connection",
         "_options",
         "_pool",
+        "_scope",
         "_slot",
         "_span",
         "_started",
@@ -174,6 +189,7 @@ class Transaction:
         self._pool: DatabasePool | None = None
         self._options = (isolation, readonly, deferrable)
         self._connection: Connection | None = None
+        self._scope: TransactionScope | None = None
         self._tx: Any = None
         self._started = 0.0
         self._span: tuple[Any, object] | None = None
@@ -193,7 +209,7 @@ class Transaction:
             raise
         self._started = started = time.monotonic()
         try:
-            connection = await pool.acquire_connection()
+            connection = pool.take_idle() or await pool.acquire_slow(started)
         except BaseException as exc:
             record_outcome(breaker, exc, started)
             self._end_span("not started", exc)
@@ -220,7 +236,8 @@ class Transaction:
             raise error from exc
         self._connection = connection
         self._tx = tx
-        return TransactionScope(connection, pool.database, self, pool.telemetry)
+        self._scope = TransactionScope(connection, pool.database, self, pool.telemetry)
+        return self._scope
 
     def _end_span(self, outcome: str, error: BaseException | None) -> None:
         if self._pool is not None:
@@ -234,6 +251,8 @@ class Transaction:
         if connection is None or pool is None:
             raise RuntimeError("Transaction.__aexit__ called without __aenter__")
         breaker = pool.breaker
+        if self._scope is not None:
+            self._scope._end()  # statements after the block must not reach the pool's connection
         if isinstance(exc, asyncio.CancelledError):
             # The connection may be mid-statement: no rollback round trip for
             # a cancelled caller; the background release rolls back or discards.
