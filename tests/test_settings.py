@@ -90,6 +90,7 @@ PER_DATABASE = [
         "3",
     ),
     ("pool_pgbouncer", "PG_POOL_PGBOUNCER", "PG_REFERENCE_POOL_PGBOUNCER", "true"),
+    ("pool_lease_metrics", "PG_POOL_LEASE_METRICS", "PG_REFERENCE_POOL_LEASE_METRICS", "true"),
     (
         "pool_exhaustion_warn_sec",
         "PG_POOL_EXHAUSTION_WARN_SEC",

@@ -139,6 +139,27 @@ async def test_batch_operation_name(dbs: tuple[MainDB, ReferenceDB]) -> None:
     assert dict(span.attributes or {})["db.operation.name"] == "BATCH SELECT"
 
 
+async def test_lease_histograms_are_recorded_only_where_enabled(
+    sdk: tuple[InMemorySpanExporter, InMemoryMetricReader],
+    db_env: Servers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PG_REFERENCE_POOL_LEASE_METRICS", "true")
+    get_postgres_config.cache_clear()
+    container = DatabaseContainer()
+    await start_databases(container)
+    try:
+        main, reference = container.main_db(), container.reference_db()
+        await asyncio.gather(main.fetchval("SELECT 1"), reference.fetchval("SELECT 1"))
+        found = _metrics()
+    finally:
+        await stop_databases(container)
+    for name in ("db.client.connection.wait_time", "db.client.connection.use_time"):
+        pools = {p.attributes["db.client.connection.pool.name"] for p in found.get(name, [])}
+        assert "wellwon_db:reference" in pools, name
+        assert "wellwon_db:main" not in pools, name  # off by default
+
+
 async def test_connection_metrics_per_pool(dbs: tuple[MainDB, ReferenceDB]) -> None:
     main, reference = dbs
     await asyncio.gather(main.fetchval("SELECT 1"), reference.fetchval("SELECT 1"))
@@ -151,8 +172,6 @@ async def test_connection_metrics_per_pool(dbs: tuple[MainDB, ReferenceDB]) -> N
         "db.client.connection.pending_requests",
         "db.client.connection.timeouts",
         "db.client.connection.create_time",
-        "db.client.connection.wait_time",
-        "db.client.connection.use_time",
         "db.client.operation.duration",
         "wellwon.db.breaker.state",
     ):

@@ -76,6 +76,7 @@ class PoolConfig:
     capacity_check: Literal["warn", "refuse", "off"] = "warn"
     drain_timeout: float = 10.0
     pgbouncer: bool = False
+    lease_metrics: bool = False
     configured_min_size: int | None = None
     configured_max_size: int | None = None
 
@@ -119,6 +120,7 @@ class PoolConfig:
             capacity_check=settings.pool_capacity_check,
             drain_timeout=settings.pool_drain_timeout_sec,
             pgbouncer=settings.pool_pgbouncer,
+            lease_metrics=settings.pool_lease_metrics,
             configured_min_size=settings.pool_min_size,
             configured_max_size=settings.pool_max_size,
         )

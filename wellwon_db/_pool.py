@@ -122,6 +122,7 @@ class DatabasePool(PoolLeases):
         self._always_reset = config.reset == "always"
         self._max_lifetime = config.max_lifetime
         self._max_uses = config.max_queries
+        self._lease_metrics = config.lease_metrics
         self._waiting = 0
         self._stats = {
             "acquired": 0,

@@ -176,6 +176,13 @@ class DatabaseSettings(BaseSettings):
             "cache and no reliance on session state."
         ),
     )
+    pool_lease_metrics: bool = Field(
+        default=False,
+        description=(
+            "true: record the db.client.connection.wait_time and use_time histograms on every "
+            "lease (two more histogram records per call when an OpenTelemetry SDK is set)."
+        ),
+    )
     pool_exhaustion_warn_sec: float = Field(
         default=5.0,
         ge=0,

@@ -90,6 +90,32 @@ _exhaustion = _meter.create_counter(
     description="Episodes of sustained pool pressure (one per episode, when it is warned of).",
 )
 
+
+def _tracing_off() -> bool:
+    """True while no tracer provider is set: no span objects are made at all."""
+    return isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+
+
+def _make_tracing_check() -> Any:
+    """A cheaper :func:`_tracing_off` for the per-call path, where the API allows.
+
+    ``trace.get_tracer_provider()`` looks up an environment variable on every
+    call while no provider is set (a few µs per query). The API keeps the
+    provider in a module global that is set once and never unset; when that
+    global exists and no provider is configured through the environment,
+    reading it is the same answer. Otherwise the public check is used.
+    """
+    if not hasattr(trace, "_TRACER_PROVIDER") or "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
+        return _tracing_off
+
+    def tracing_off() -> bool:
+        return trace._TRACER_PROVIDER is None
+
+    return tracing_off
+
+
+_tracing_off_fast = _make_tracing_check()
+
 #: Pools alive in this process, read by the observable instruments.
 _pools: weakref.WeakSet[DatabasePool] = weakref.WeakSet()
 
@@ -179,7 +205,7 @@ class PoolTelemetry:
 
     def start(self, query: str, *, batch: bool = False) -> Span | None:
         """A CLIENT span for one operation, or ``None`` when no tracer provider is set."""
-        if isinstance(trace.get_tracer_provider(), ProxyTracerProvider):
+        if _tracing_off_fast():
             return None
         operation, text = describe_query(query)
         if batch:
@@ -268,7 +294,7 @@ class PoolTelemetry:
 
     def start_transaction(self) -> tuple[Span, object] | None:
         """An INTERNAL span grouping a transaction's statements, made current."""
-        if isinstance(trace.get_tracer_provider(), ProxyTracerProvider):
+        if _tracing_off_fast():
             return None
         span = _tracer.start_span(
             f"TRANSACTION {self.namespace}",
