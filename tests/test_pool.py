@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
+import asyncpg
 import pytest
 
 from tests.helpers import SECRET, Servers, count_connections, wait_until
@@ -230,3 +232,111 @@ async def test_waiters_are_served_first_come_first_served(db_env: Servers) -> No
         await asyncio.gather(*tasks)
         assert order == [0, 1, 2, 3, 4]
         assert pool.get_stats()["waiting"] == 0
+
+
+async def _terminate_backends(server_dsn: str, application_name: str) -> int:
+    connection = await asyncpg.connect(server_dsn, timeout=10)
+    try:
+        killed: int = await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1 AND backend_type = 'client backend'",
+            application_name,
+        )
+        return killed
+    finally:
+        await connection.close()
+
+
+async def test_idle_connections_above_min_size_close_after_max_inactive_lifetime(
+    db_env: Servers,
+) -> None:
+    name = "test:inactive"
+    config = _config(min_size=1, max_size=4, max_inactive_lifetime=0.2, application_name=name)
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
+        held = [await pool.acquire_connection() for _ in range(4)]
+        for connection in held:
+            await pool.release_connection(connection)
+        assert await count_connections(db_env.main, name) == 4
+
+        async def shrunk_to_min() -> bool:
+            return await count_connections(db_env.main, name) == 1
+
+        await wait_until(shrunk_to_min, timeout=5)
+        stats = pool.get_stats()
+        assert (stats["size"], stats["idle"], stats["reserved"]) == (1, 1, 0)
+        assert stats["connections_retired"] == 3
+        assert await pool.acquire_connection() is not None
+
+
+async def test_min_size_is_restored_after_the_server_kills_connections(
+    db_env: Servers,
+) -> None:
+    name = "test:refill"
+    config = _config(min_size=3, max_size=5, application_name=name)
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
+        assert await count_connections(db_env.main, name) == 3
+        assert await _terminate_backends(db_env.main.dsn(), name) == 3
+
+        async def idle_ones_left() -> bool:
+            # The termination listener takes dead idle connections out at once.
+            return pool.get_stats()["connections_retired"] >= 3
+
+        await wait_until(idle_ones_left, timeout=5)
+
+        async def refilled() -> bool:
+            stats = pool.get_stats()
+            return stats["size"] == 3 and await count_connections(db_env.main, name) == 3
+
+        await wait_until(refilled, timeout=5)
+        connection = await pool.acquire_connection()
+        assert await connection.fetchval("SELECT 1") == 1
+        await pool.release_connection(connection)
+
+
+async def test_a_connection_is_replaced_after_max_queries_leases(db_env: Servers) -> None:
+    config = _config(min_size=1, max_size=1, max_queries=3)
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
+        pids = []
+        for _ in range(7):
+            connection = await pool.acquire_connection()
+            pids.append(connection.get_server_pid())
+            await pool.release_connection(connection)
+        assert len(set(pids[0:3])) == 1
+        assert len(set(pids[3:6])) == 1
+        assert pids[0] != pids[3] != pids[6]
+        assert pool.get_stats()["connections_retired"] == 2
+
+
+async def test_each_waiter_gets_its_whole_acquire_timeout(db_env: Servers) -> None:
+    """Waiters share one timer; a later waiter must not inherit an earlier deadline."""
+    config = _config(min_size=1, max_size=1, timeout=0.6)
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
+        held = await pool.acquire_connection()
+        first = asyncio.create_task(pool.acquire_connection())
+
+        async def first_queued() -> bool:
+            return pool.get_stats()["waiting"] == 1
+
+        await wait_until(first_queued)
+        # A gap between the two deadlines (the scenario, not a wait for state):
+        await asyncio.sleep(0.3)
+        started_second = time.monotonic()
+        second = asyncio.create_task(pool.acquire_connection())
+        with pytest.raises(PoolTimeoutError):
+            await first
+        assert not second.done(), "the second waiter expired at the first one's deadline"
+        with pytest.raises(PoolTimeoutError):
+            await second
+        assert time.monotonic() - started_second >= 0.55
+        await pool.release_connection(held)
+        assert pool.get_stats()["waiting"] == 0
+        assert pool.get_stats()["timeouts"] == 2
+
+
+async def test_raw_connection_refuses_use_after_its_block(db_env: Servers) -> None:
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, _config()) as pool:
+        async with pool.acquire() as connection:
+            assert await connection.fetchval("SELECT 1") == 1
+        with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
+            await connection.fetchval("SELECT 1")
+        assert "released" in repr(connection)
