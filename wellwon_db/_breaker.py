@@ -203,6 +203,15 @@ class CircuitBreaker:
 
     def record_success(self, duration: float) -> None:
         """The call got an answer from the database (an SQL error is an answer too)."""
+        slow_sec = self._config.slow_call_sec
+        if self._state is BreakerState.CLOSED and (slow_sec <= 0.0 or duration < slow_sec):
+            # The common case, inlined: count the call; a fast success never trips.
+            now = self._clock()
+            if int(now / self._bucket_width) != self._index:
+                self._advance(now)
+            self._bucket_calls[self._index % _BUCKETS] += 1
+            self._calls += 1
+            return
         self._record(failed=False, duration=duration)
 
     def record_failure(self, duration: float) -> None:

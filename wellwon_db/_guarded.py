@@ -42,14 +42,24 @@ def record_outcome(breaker: CircuitBreaker, exc: BaseException, started: float) 
         breaker.record_success(_monotonic() - started)
 
 
-async def _attempt(
-    pool: DatabasePool,
+async def run_guarded(
+    slot: PoolSlot,
     call: StatementCall[_T],
     query: str,
     args: Any,
     timeout: float | None,
-    batch: bool,
+    idempotent: bool,
+    batch: bool = False,
+    *,
+    first: bool = True,
 ) -> _T:
+    """Run one statement on ``slot``'s pool; retry only when it is safe (see ``_retry``).
+
+    Each attempt is one CLIENT span; ``batch`` marks ``executemany``. The
+    first attempt runs in this frame (no wrapper coroutine on the hot path);
+    after a retryable failure the policy runs the next ones (``first=False``).
+    """
+    pool = slot.get()
     telemetry = pool.telemetry
     span = telemetry.start(query, batch=batch)
     started = _monotonic()
@@ -66,6 +76,8 @@ async def _attempt(
     except BaseException as exc:
         record_outcome(breaker, exc, started)
         telemetry.finish(span, query, started, exc, batch=batch)
+        if first and _may_retry(pool, exc, idempotent):
+            return await _retry(slot, call, query, args, timeout, idempotent, batch, exc, started)
         raise
     effect = SessionEffect.NONE
     try:
@@ -84,6 +96,10 @@ async def _attempt(
         if isinstance(error, DatabaseUnavailableError):
             effect = SessionEffect.BROKEN  # the connection is not to be trusted again
         await pool.release_connection(connection, effect)
+        if first and _may_retry(pool, error, idempotent):
+            return await _retry(
+                slot, call, query, args, timeout, idempotent, batch, error, started
+            )
         if error is exc:
             raise
         raise error from exc
@@ -96,29 +112,29 @@ async def _attempt(
     return result
 
 
-async def run_guarded(
+def _may_retry(pool: DatabasePool, error: BaseException, idempotent: bool) -> bool:
+    return (
+        isinstance(error, DatabaseUnavailableError)
+        and pool.retry.enabled
+        and is_retryable(error, idempotent=idempotent)
+    )
+
+
+async def _retry(
     slot: PoolSlot,
     call: StatementCall[_T],
     query: str,
     args: Any,
     timeout: float | None,
     idempotent: bool,
-    batch: bool = False,
+    batch: bool,
+    error: BaseException,
+    started: float,
 ) -> _T:
-    """Run one statement on ``slot``'s pool; retry only when it is safe (see ``_retry``).
-
-    Each attempt is one CLIENT span; ``batch`` marks ``executemany``.
-    """
-    pool = slot.get()
-    started = _monotonic()
-    try:
-        return await _attempt(pool, call, query, args, timeout, batch)
-    except DatabaseUnavailableError as exc:
-        if not pool.retry.enabled or not is_retryable(exc, idempotent=idempotent):
-            raise
-        return await pool.retry.retry_after(
-            exc,
-            started,
-            lambda: _attempt(slot.get(), call, query, args, timeout, batch),
-            functools.partial(is_retryable, idempotent=idempotent),
-        )
+    """The attempts after a retryable first failure, per the pool's retry policy."""
+    return await slot.get().retry.retry_after(
+        error,
+        started,
+        lambda: run_guarded(slot, call, query, args, timeout, idempotent, batch, first=False),
+        functools.partial(is_retryable, idempotent=idempotent),
+    )

@@ -126,6 +126,7 @@ class PoolLeases:
     _always_reset: bool
     _max_lifetime: float
     _max_uses: int
+    _pressure_leases: float
     _lease_metrics: bool
     _waiting: int
     _stats: dict[str, int]
@@ -227,8 +228,17 @@ class PoolLeases:
             connection = await self._open_in_slot()
         else:
             connection = await self._wait_turn(self._config.timeout)
-        connection = await self._checked(connection, started)
-        self._begin_lease(self._connections[connection], started, _monotonic())
+        info = self._connections[connection]
+        now = _monotonic()
+        if (
+            (self._validation_idle and now - info.idle_since > self._validation_idle)
+            or (self._max_lifetime and now - info.born > self._max_lifetime)
+            or connection.is_closed()
+        ):
+            connection = await self._checked(connection, started)
+            info = self._connections[connection]
+            now = _monotonic()
+        self._begin_lease(info, started, now)
         return connection
 
     async def _open_in_slot(self) -> Connection:
@@ -452,13 +462,13 @@ class PoolLeases:
 
     def _watch_pressure(self, now: float) -> None:
         """Warn once per episode of waiters or high utilisation lasting ``exhaustion_warn``."""
+        if not self._waiting and self._leased < self._pressure_leases:
+            if self._pressure_since is None:
+                return  # the common case: no episode, none starting
+            pressed = False
+        else:
+            pressed = bool(self._config.exhaustion_warn)
         config = self._config
-        if not config.exhaustion_warn:
-            return
-        pressed = (
-            self._waiting > 0
-            or self._leased * 100.0 >= config.exhaustion_utilisation * config.max_size
-        )
         if not pressed:
             if self._pressure_since is not None:
                 if self._pressure_warned:

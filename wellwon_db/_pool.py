@@ -122,6 +122,12 @@ class DatabasePool(PoolLeases):
         self._always_reset = config.reset == "always"
         self._max_lifetime = config.max_lifetime
         self._max_uses = config.max_queries
+        #: Leases at which utilisation counts as pressure (infinite when warnings are off).
+        self._pressure_leases = (
+            config.exhaustion_utilisation * config.max_size / 100.0
+            if config.exhaustion_warn
+            else float("inf")
+        )
         self._lease_metrics = config.lease_metrics
         self._waiting = 0
         self._stats = {
