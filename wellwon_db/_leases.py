@@ -133,7 +133,7 @@ class PoolLeases:
     _address: str
     telemetry: PoolTelemetry
 
-    async def _connect(self) -> Connection:
+    async def _connect(self, *, pooled: bool = True) -> Connection:
         raise NotImplementedError  # DatabasePool's
 
     def _refill_soon(self) -> None:
@@ -333,7 +333,12 @@ class PoolLeases:
             self._check_drained()
 
     def _free_slot(self) -> None:
-        """A slot is free (its connection is gone): to the first waiter, else uncount it."""
+        """A slot is free (its connection is gone): to the first waiter, else uncount it.
+
+        After close every slot is already uncounted: nothing to do.
+        """
+        if self._state is PoolState.CLOSED:
+            return
         if self._waiters and self._state is PoolState.OPEN:
             turn = self._next_waiter()
             if turn is not None:
@@ -380,10 +385,12 @@ class PoolLeases:
             if connection.is_closed():
                 usable = False
             elif self._max_lifetime and now - info.born > self._max_lifetime:
+                # Closed politely in the background, keeping its slot until
+                # closed, so the server never sees more than max_size of ours.
                 self._stats["connections_retired"] += 1
                 self._forget(connection)
                 self._close_soon(connection)
-                connection = await self._next_connection(started)
+                connection = await self._next_connection(started, have_slot=False)
                 continue
             elif self._validation_idle and now - info.idle_since > self._validation_idle:
                 try:
@@ -400,7 +407,7 @@ class PoolLeases:
                 return connection
             self._stats["validations_failed"] += 1
             self._discard(connection)
-            connection = await self._next_connection(started)
+            connection = await self._next_connection(started, have_slot=True)
         self._discard(connection)
         self._free_slot()
         raise DatabaseUnavailableError(
@@ -410,13 +417,18 @@ class PoolLeases:
             may_have_run=False,
         )
 
-    async def _next_connection(self, started: float) -> Connection:
-        """Another connection for the slot in hand: an idle one, or a new one."""
-        if self._state is not PoolState.OPEN:
-            self._free_slot()
-            raise self._not_serving_error()
-        if _monotonic() - started >= self._config.timeout:
-            self._free_slot()
+    async def _next_connection(self, started: float, *, have_slot: bool) -> Connection:
+        """Another connection after a dead or expired one: an idle one, or a new one.
+
+        ``have_slot``: the discarded connection's slot is in hand (freed here
+        unless a new connection is opened in it).
+        """
+        remaining = self._config.timeout - (_monotonic() - started)
+        if self._state is not PoolState.OPEN or remaining <= 0:
+            if have_slot:
+                self._free_slot()
+            if self._state is not PoolState.OPEN:
+                raise self._not_serving_error()
             raise DatabaseUnavailableError(
                 f"the {self._database.value} database at {self._address}: pooled connections "
                 "are dead and no live one could be had in time",
@@ -424,9 +436,16 @@ class PoolLeases:
                 may_have_run=False,
             )
         if self._idle:
-            self._size -= 1  # the idle one brings its own slot
-            return self._idle.pop()
-        return await self._open_in_slot()
+            connection = self._idle.pop()  # it brings its own slot
+            if have_slot:
+                self._free_slot()
+            return connection
+        if have_slot:
+            return await self._open_in_slot()
+        if self._size < self._max_size:
+            self._size += 1
+            return await self._open_in_slot()
+        return await self._wait_turn(remaining)
 
     async def _ping(self, connection: Connection) -> bool:
         try:
@@ -507,6 +526,10 @@ class PoolLeases:
         terminate: finish with :meth:`finish_release`.
         """
         info = self._connections.get(connection)
+        if info is not None and info.leased_at is None:
+            raise asyncpg.InterfaceError(
+                "this connection was already released to the pool; release it once"
+            )
         now = _monotonic()
         self._end_lease(info, now)
         if (
@@ -541,12 +564,8 @@ class PoolLeases:
                 connection.terminate()
             return
         try:
-            if effect is SessionEffect.BROKEN:
-                self._discard(connection)
-            if connection.is_closed():
-                self._stats["connections_retired"] += 1
-                self._forget(connection)
-                self._free_slot()
+            if effect is SessionEffect.BROKEN or connection.is_closed():
+                self._drop(connection)
                 return
             if (
                 effect is SessionEffect.DISCARD
@@ -630,9 +649,12 @@ class PoolLeases:
         self._connections.pop(connection, None)
 
     def _close_soon(self, connection: Connection) -> None:
-        """Close a connection the pool no longer tracks, politely, in the background."""
+        """Close a connection the pool no longer tracks, politely, in the background.
+
+        Its slot stays counted until it is closed.
+        """
         task = asyncio.get_running_loop().create_task(
-            _close_quietly(connection, self._config.command_timeout),
+            self._close_in_slot(connection),
             name=f"wellwon_db-close-{self._database.value}",
         )
         self._releasing.add(task)
@@ -692,9 +714,11 @@ class PoolLeases:
             lent.detach()
         await self.release_connection(connection, SessionEffect.RESET)
 
-
-async def _close_quietly(connection: Connection, timeout: float) -> None:
-    try:
-        await connection.close(timeout=timeout)
-    except Exception:
-        connection.terminate()
+    async def _close_in_slot(self, connection: Connection) -> None:
+        try:
+            await connection.close(timeout=self._config.command_timeout)
+        except BaseException:
+            connection.terminate()
+            raise
+        finally:
+            self._free_slot()

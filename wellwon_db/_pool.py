@@ -105,6 +105,7 @@ class DatabasePool(PoolLeases):
         self._max_size = config.max_size
         self._expiry: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
         if breaker is None:
             breaker = CircuitBreaker(database.value)
             breaker.add_listener(record_breaker_transition)
@@ -205,15 +206,11 @@ class DatabasePool(PoolLeases):
             await self._connect_within(self._config.startup_wait)
             if self._config.capacity_check != "off" and self._state is PoolState.OPENING:
                 await self._check_capacity()
-        except PoolClosedError:
+        except BaseException as exc:
             self._terminate_all()
-            if self._state is PoolState.OPENING:
-                self._state = PoolState.CLOSED
-                raise
-            raise self._closed_while_opening() from None
-        except DatabaseUnavailableError as exc:
-            self._terminate_all()
-            if self._config.startup_required or self._state is not PoolState.OPENING:
+            if self._state is not PoolState.OPENING:  # close() ran meanwhile
+                raise self._closed_while_opening() from exc
+            if not isinstance(exc, DatabaseUnavailableError) or self._config.startup_required:
                 self._state = PoolState.CLOSED
                 raise
             logger.warning(
@@ -222,11 +219,6 @@ class DatabasePool(PoolLeases):
                 exc,
             )
             offline = True
-        except BaseException:
-            self._terminate_all()
-            if self._state is PoolState.OPENING:
-                self._state = PoolState.CLOSED
-            raise
         if self._state is not PoolState.OPENING:
             self._terminate_all()
             raise self._closed_while_opening()
@@ -256,18 +248,18 @@ class DatabasePool(PoolLeases):
         config = self._config
         if config.pgbouncer:
             return  # the server's slots are PgBouncer's to share, not ours
-        if self._idle:
-            connection = self._idle[-1]
-        else:  # min_size 0: one connection for the question, closed after it
-            self._size += 1
-            connection = await self._open_in_slot()
-            self._idle.append(connection)
-        row = await connection.fetchrow(_CAPACITY_SQL, config.application_name)
-        if config.min_size == 0:
-            self._idle.remove(connection)
-            self._forget(connection)
-            self._size -= 1
-            await connection.close(timeout=config.command_timeout)
+        if self._idle:  # one of the pool's own, so the question adds no backend
+            row = await self._idle[-1].fetchrow(_CAPACITY_SQL, config.application_name)
+        else:  # min_size 0: a connection of its own (outside the slots), closed after it
+            connection = await self._connect(pooled=False)
+            try:
+                row = await connection.fetchrow(_CAPACITY_SQL, config.application_name)
+            finally:
+                self._forget(connection)
+                try:
+                    await connection.close(timeout=config.command_timeout)
+                except Exception:
+                    connection.terminate()
         if row is None:
             return
         reserved = row["superuser_reserved"] + row["reserved"]
@@ -312,7 +304,8 @@ class DatabasePool(PoolLeases):
         opened = [r for r in results if not isinstance(r, BaseException)]
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
-            self._size -= missing
+            if self._state is not PoolState.CLOSED:  # close() uncounted them all
+                self._size -= missing
             for connection in opened:
                 self._discard(connection)
             raise failures[0]
@@ -340,8 +333,12 @@ class DatabasePool(PoolLeases):
         log = logger.debug if isinstance(error, DatabaseUnavailableError) else logger.warning
         log("the %s database is still not reachable: %s", self._database.value, error)
 
-    async def _connect(self) -> Connection:
-        """Open one connection and start tracking it (its slot is counted already)."""
+    async def _connect(self, *, pooled: bool = True) -> Connection:
+        """Open one connection and start tracking it (its slot is counted already).
+
+        ``pooled=False``: a connection for the pool's own questions, not
+        counted in the stats.
+        """
         config = self._config
         started = time.monotonic()
         try:
@@ -361,8 +358,9 @@ class DatabasePool(PoolLeases):
         now = time.monotonic()
         self._connections[connection] = ConnectionInfo(now)
         connection.add_termination_listener(self._on_terminated)
-        self._stats["connections_opened"] += 1
-        self.telemetry.connection_created(now - started)
+        if pooled:
+            self._stats["connections_opened"] += 1
+            self.telemetry.connection_created(now - started)
         if self._state is PoolState.CLOSED or self._forked():
             self._discard(connection)  # closed meanwhile: never leak it
             raise self._not_serving_error()
@@ -410,19 +408,19 @@ class DatabasePool(PoolLeases):
         """Close idle connections past ``max_inactive_lifetime`` (above ``min_size``)
         or past ``max_lifetime``, oldest idle first."""
         inactive = self._config.max_inactive_lifetime
-        keep = self._config.min_size
+        surplus = self._size - self._config.min_size  # slots of closing ones count until closed
         for connection in list(self._idle):  # the left end has been idle longest
             info = self._connections.get(connection)
             if info is None:
                 continue
             too_old = bool(self._max_lifetime) and now - info.born > self._max_lifetime
-            unused = bool(inactive) and now - info.idle_since > inactive and self._size > keep
+            unused = bool(inactive) and now - info.idle_since > inactive and surplus > 0
             if too_old or unused:
+                surplus -= 1
                 self._idle.remove(connection)
                 self._stats["connections_retired"] += 1
                 self._forget(connection)
-                self._close_soon(connection)
-                self._free_slot()
+                self._close_soon(connection)  # frees the slot once closed
 
     def _terminate_all(self) -> None:
         """Terminate every connection at once (idle or not) and forget them all."""
@@ -442,10 +440,16 @@ class DatabasePool(PoolLeases):
         shutdown never hangs on a leaked connection. In a process forked after
         the pool opened, the inherited connections belong to the parent: they
         are abandoned without a word to the server. Closing a closed pool
-        does nothing; closing an opening one makes its :meth:`open` fail.
+        does nothing; a second ``close()`` during the drain waits for the
+        first; closing an opening one makes its :meth:`open` fail.
         """
-        if self._state in (PoolState.CLOSED, PoolState.CLOSING):
+        if self._state is PoolState.CLOSED:
             return
+        if self._state is PoolState.CLOSING:
+            if self._closed is not None:
+                await asyncio.shield(self._closed)
+            return
+        self._closed = asyncio.get_running_loop().create_future()
         if timeout is None:
             timeout = self._config.drain_timeout
         deadline = time.monotonic() + timeout
@@ -471,6 +475,8 @@ class DatabasePool(PoolLeases):
                 task.cancel()
             self._terminate_all()
             self._state = PoolState.CLOSED
+            if not self._closed.done():
+                self._closed.set_result(None)
             unregister_pool(self)
             logger.debug("closed %r", self)
 
@@ -568,6 +574,8 @@ class DatabasePool(PoolLeases):
         self._connector = self._housekeeper = self._refill = None
         self._releasing.clear()
         self._state = PoolState.CLOSED
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
         unregister_pool(self)
 
     async def __aenter__(self) -> DatabasePool:
