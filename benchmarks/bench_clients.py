@@ -2,8 +2,9 @@
 
 Starts its own throwaway PostgreSQL server, then for each event loop
 (``--loop``), workload and concurrency runs every client for ``--duration``
-seconds per round, in the order A B C D E A B C D E ... for ``--rounds``
-rounds, and reports medians: ops/s, p50/p99 latency, client CPU per
+seconds per round, interleaved and rotated (A B C D E, B C D E A, ...: each
+client takes each position in turn, so no client always runs first or right
+after another) for ``--rounds`` rounds, and reports medians: ops/s, p50/p99 latency, client CPU per
 operation, and each client's ratio to raw asyncpg (default reset) and to raw
 asyncpg with a no-op reset measured in the same round. Absolute numbers move
 with machine load; the ratios are the result.
@@ -437,8 +438,10 @@ async def _measure(
         row = {c.key: Cell(loop_name, workload.key, concurrency, c.key, c.label) for c in clients}
         for round_no in range(1, args.rounds + 1):
             _progress(f"[{loop_name}] {workload.key} c={concurrency} round {round_no}")
+            shift = (round_no - 1) % len(clients)  # rotate: no fixed position in the round
+            order = clients[shift:] + clients[:shift]
             windows = {
-                c.key: await _run_for(ops[c.key], concurrency, args.duration) for c in clients
+                c.key: await _run_for(ops[c.key], concurrency, args.duration) for c in order
             }
             for key, window in windows.items():
                 cell = row[key]
@@ -727,7 +730,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description=(__doc__ or "").split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds (5: each client in each position)",
+    )
     parser.add_argument("--duration", type=float, default=1.0, help="seconds per client/round")
     parser.add_argument("--warmup", type=float, default=0.25, help="seconds per client/workload")
     parser.add_argument(

@@ -2,7 +2,8 @@
 
 Starts its own throwaway PostgreSQL server, then for each workload and
 concurrency runs every client for ``--duration`` seconds per round, in the
-order A B C D A B C D ... for ``--rounds`` rounds, and reports the median
+order A B C D, B C D A, ... (rotated, so no client always runs first) for
+``--rounds`` rounds, and reports the median
 ops/s, p50/p99 latency and each client's ratio to raw asyncpg (default
 reset) measured in the same round. Absolute numbers move with machine load;
 the ratios are the result.
@@ -139,15 +140,16 @@ async def _main(args: argparse.Namespace) -> None:
         for workload, (sql, arg) in WORKLOADS.items():
             for concurrency in args.concurrency:
                 results = {name: Result() for name in names}
-                for _ in range(args.rounds):
-                    baseline = 0.0
-                    for name in names:
+                for round_no in range(args.rounds):
+                    shift = round_no % len(names)  # rotate: no client always runs first
+                    measured: dict[str, tuple[float, list[float]]] = {}
+                    for name in names[shift:] + names[:shift]:
                         pool, make = clients[name]
-                        ops, latencies = await _run_for(
+                        measured[name] = await _run_for(
                             make(pool, sql, arg), concurrency, args.duration
                         )
-                        if name == names[0]:
-                            baseline = ops
+                    baseline = measured[names[0]][0]
+                    for name, (ops, latencies) in measured.items():
                         result = results[name]
                         result.ops.append(ops)
                         result.ratios.append(ops / baseline)
