@@ -1,0 +1,140 @@
+"""What each setting costs: our client under one changed setting against its defaults.
+
+Starts its own throwaway PostgreSQL server and opens one ``MainDB`` per
+variant (default production settings, then one setting changed each), all
+pools of ``--pool-size`` connections. For each concurrency it runs every
+variant for ``--duration`` seconds per round, rotated round by round, and
+reports each variant's median ratio to the default variant of the same
+round: above 1.00x the setting costs that much when left at its default.
+
+    python -m benchmarks.bench_settings --rounds 8 --uvloop
+    python -m benchmarks.bench_settings --otel-sdk metrics   # with an SDK recording
+
+Workload: the primary-key lookup of ``bench_overhead`` (one row of 1,000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+from dataclasses import replace
+from typing import Any
+
+import asyncpg
+
+from benchmarks.bench_overhead import _install_sdk, _run_for
+from wellwon_db import Database, DatabasePool, MainDB, PoolConfig, PostgresConfig
+from wellwon_db._breaker import BreakerConfig, CircuitBreaker
+from wellwon_db._retry import RetryConfig
+from wellwon_db.testing import PostgresServer
+
+SQL = "SELECT id, name, email FROM bench_users WHERE id = $1"
+
+
+def _variants(base: PoolConfig) -> dict[str, dict[str, Any]]:
+    """Name -> DatabasePool keyword arguments. The first is the baseline."""
+    return {
+        "defaults": {"config": base},
+        "breaker off (PG_BREAKER_ENABLED=false)": {
+            "config": base,
+            "breaker": CircuitBreaker("main", BreakerConfig(enabled=False)),
+        },
+        "retries off (PG_RETRY_ATTEMPTS=1)": {"config": base, "retry": RetryConfig(attempts=1)},
+        "no command timeout (not settable: a timer per statement)": {
+            "config": replace(base, command_timeout=0)
+        },
+        "idle validation off (PG_POOL_VALIDATION_IDLE_SEC=0)": {
+            "config": replace(base, validation_idle=0)
+        },
+        "no maximum lifetime (PG_POOL_MAX_LIFETIME_SEC=0)": {
+            "config": replace(base, max_lifetime=0)
+        },
+        "lease histograms on (PG_POOL_LEASE_METRICS=true)": {
+            "config": replace(base, lease_metrics=True)
+        },
+        "reset always (PG_POOL_RESET=always)": {"config": replace(base, reset="always")},
+    }
+
+
+async def _main(args: argparse.Namespace) -> None:
+    with PostgresServer("bench", settings={"max_connections": "300"}) as server:
+        dsn = server.dsn()
+        setup = await asyncpg.connect(dsn)
+        await setup.execute(
+            "CREATE TABLE bench_users (id int PRIMARY KEY, name text, email text);"
+            "INSERT INTO bench_users SELECT i, 'user' || i, 'u' || i || '@example.com' "
+            "FROM generate_series(1, 1000) i"
+        )
+        await setup.close()
+        base = replace(
+            PostgresConfig.load(env_file=None).get_pool_config(Database.MAIN),
+            min_size=args.pool_size,
+            max_size=args.pool_size,
+        )
+        pools = {
+            name: DatabasePool(Database.MAIN, dsn, **kwargs)
+            for name, kwargs in _variants(base).items()
+        }
+        for pool in pools.values():
+            await pool.open()
+        names = list(pools)
+        ops = {name: _lookup(MainDB(pool)) for name, pool in pools.items()}
+        print(
+            f"# python {sys.version.split()[0]}, loop={'uvloop' if args.uvloop else 'asyncio'}, "
+            f"pool {args.pool_size}, {args.rounds} rounds x {args.duration}s, "
+            f"cpus {os.cpu_count()}, otel {args.otel_sdk or 'API only (no SDK)'}"
+        )
+        try:
+            for concurrency in args.concurrency:
+                ratios: dict[str, list[float]] = {name: [] for name in names}
+                for name in names:  # warm-up
+                    await _run_for(ops[name], concurrency, 0.2)
+                for round_no in range(args.rounds):
+                    shift = round_no % len(names)
+                    measured = {
+                        name: (await _run_for(ops[name], concurrency, args.duration))[0]
+                        for name in names[shift:] + names[:shift]
+                    }
+                    for name in names:
+                        ratios[name].append(measured[name] / measured[names[0]])
+                print(f"\n## pk lookup, concurrency {concurrency}\n")
+                print("| variant | ops/s vs defaults (median) | rounds' range |")
+                print("| --- | ---: | ---: |")
+                for name in names:
+                    r = ratios[name]
+                    print(f"| {name} | {statistics.median(r):.2f}x | {min(r):.2f}-{max(r):.2f} |")
+        finally:
+            for pool in pools.values():
+                await pool.close()
+
+
+def _lookup(db: MainDB) -> Any:
+    return lambda: db.fetchrow(SQL, 42)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds per variant/round")
+    parser.add_argument(
+        "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32]
+    )
+    parser.add_argument("--pool-size", type=int, default=20)
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--otel-sdk", choices=["metrics", "all"], help="install the OTel SDK")
+    args = parser.parse_args()
+    if args.otel_sdk:
+        _install_sdk(traces=args.otel_sdk == "all")
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(_main(args))
+    else:
+        asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    main()
