@@ -8,9 +8,11 @@ reports each variant's median ratio to the default variant of the same
 round: above 1.00x the setting costs that much when left at its default.
 
     python -m benchmarks.bench_settings --rounds 8 --uvloop
+    python -m benchmarks.bench_settings --workload insert    # BEGIN; INSERT; COMMIT
     python -m benchmarks.bench_settings --otel-sdk metrics   # with an SDK recording
 
-Workload: the primary-key lookup of ``bench_overhead`` (one row of 1,000).
+Workloads: ``pk``, the primary-key lookup of ``bench_overhead`` (one row of
+1,000); ``insert``, one INSERT in a transaction.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ async def _main(args: argparse.Namespace) -> None:
         await setup.execute(
             "CREATE TABLE bench_users (id int PRIMARY KEY, name text, email text);"
             "INSERT INTO bench_users SELECT i, 'user' || i, 'u' || i || '@example.com' "
-            "FROM generate_series(1, 1000) i"
+            "FROM generate_series(1, 1000) i;"
+            "CREATE TABLE bench_events (id bigserial PRIMARY KEY, payload text)"
         )
         await setup.close()
         base = replace(
@@ -81,7 +84,8 @@ async def _main(args: argparse.Namespace) -> None:
         for pool in pools.values():
             await pool.open()
         names = list(pools)
-        ops = {name: _lookup(MainDB(pool)) for name, pool in pools.items()}
+        make = _insert if args.workload == "insert" else _lookup
+        ops = {name: make(MainDB(pool)) for name, pool in pools.items()}
         print(
             f"# python {sys.version.split()[0]}, loop={'uvloop' if args.uvloop else 'asyncio'}, "
             f"pool {args.pool_size}, {args.rounds} rounds x {args.duration}s, "
@@ -100,7 +104,7 @@ async def _main(args: argparse.Namespace) -> None:
                     }
                     for name in names:
                         ratios[name].append(measured[name] / measured[names[0]])
-                print(f"\n## pk lookup, concurrency {concurrency}\n")
+                print(f"\n## {args.workload}, concurrency {concurrency}\n")
                 print("| variant | ops/s vs defaults (median) | rounds' range |")
                 print("| --- | ---: | ---: |")
                 for name in names:
@@ -115,6 +119,14 @@ def _lookup(db: MainDB) -> Any:
     return lambda: db.fetchrow(SQL, 42)
 
 
+def _insert(db: MainDB) -> Any:
+    async def insert() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO bench_events (payload) VALUES ($1)", "event")
+
+    return insert
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=8)
@@ -123,6 +135,7 @@ def main() -> None:
         "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32]
     )
     parser.add_argument("--pool-size", type=int, default=20)
+    parser.add_argument("--workload", choices=["pk", "insert"], default="pk")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument("--otel-sdk", choices=["metrics", "all"], help="install the OTel SDK")
     args = parser.parse_args()
