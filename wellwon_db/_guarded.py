@@ -97,6 +97,8 @@ async def run_guarded(
             effect = SessionEffect.BROKEN  # the connection is not to be trusted again
         await pool.release_connection(connection, effect)
         if first and _may_retry(pool, error, idempotent):
+            if error is not exc:
+                error.__cause__ = exc  # as `raise error from exc`, should it be re-raised
             return await _retry(
                 slot, call, query, args, timeout, idempotent, batch, error, started
             )

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
 import asyncpg
 
@@ -79,6 +79,27 @@ RESET_SQL: Final = (
     "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; "
     "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 )
+
+
+if TYPE_CHECKING:
+    _ConnectionBase = asyncpg.Connection[asyncpg.Record]
+else:
+    _ConnectionBase = asyncpg.Connection
+
+
+class PooledConnection(_ConnectionBase):
+    """The asyncpg connection class of our pools: its reset is :data:`RESET_SQL`.
+
+    asyncpg's public ``Connection.reset()`` first clears asyncpg's own
+    session bookkeeping (listeners, log listeners, the open-transaction
+    marker) and rolls back, then runs :meth:`get_reset_query`.
+    """
+
+    __slots__ = ()
+
+    def get_reset_query(self) -> str:
+        """The statements that undo a session's state."""
+        return RESET_SQL
 
 
 class _TurnTimeout(Exception):
@@ -581,6 +602,10 @@ class PoolLeases:
                 return
             if effect or self._always_reset or connection.is_in_transaction():
                 self._stats["resets"] += 1
+                # As asyncpg's pool: statements, cursors and transactions
+                # made during the lease stop working (and leftover listeners
+                # are warned of) before the session is reset.
+                connection._on_release()  # type: ignore[attr-defined]
                 await self._reset(connection)
             elif settle and not await self._ping(connection):
                 self._drop(connection)
@@ -661,10 +686,11 @@ class PoolLeases:
         task.add_done_callback(self._released)
 
     async def _reset(self, connection: Connection) -> None:
+        """Roll back, clear asyncpg's session bookkeeping, run :data:`RESET_SQL`."""
         async with asyncio.timeout(self._config.command_timeout):
             if connection.is_in_transaction():
-                await connection.execute("ROLLBACK")
-            await connection.execute(RESET_SQL)
+                await connection.execute("ROLLBACK")  # quietly, whoever began it
+            await connection.reset()
 
     # -- raw leases ----------------------------------------------------------
 
@@ -705,13 +731,14 @@ class PoolLeases:
         try:
             yield cast("Connection", lent)
         except asyncio.CancelledError:
+            lent.detach()
             self.release_soon(connection, SessionEffect.RESET)
             raise
         except BaseException:
+            lent.detach()
             await self.release_connection(connection, SessionEffect.RESET)
             raise
-        finally:
-            lent.detach()
+        lent.detach()
         await self.release_connection(connection, SessionEffect.RESET)
 
     async def _close_in_slot(self, connection: Connection) -> None:

@@ -30,7 +30,14 @@ from wellwon_db._breaker import CircuitBreaker
 from wellwon_db._config import PoolConfig, TelemetryConfig
 from wellwon_db._database import Database
 from wellwon_db._dsn import redact_dsn
-from wellwon_db._leases import Connection, ConnectionInfo, PoolLeases, PoolState, Turn
+from wellwon_db._leases import (
+    Connection,
+    ConnectionInfo,
+    PooledConnection,
+    PoolLeases,
+    PoolState,
+    Turn,
+)
 from wellwon_db._retry import RetryConfig, RetryPolicy
 from wellwon_db._telemetry import (
     PoolTelemetry,
@@ -349,6 +356,7 @@ class DatabasePool(PoolLeases):
                 # PgBouncer in transaction mode cannot keep named prepared statements.
                 statement_cache_size=0 if config.pgbouncer else config.statement_cache_size,
                 server_settings={"application_name": config.application_name},
+                connection_class=PooledConnection,
             )
         except BaseException as exc:
             error = self._acquire_error(exc)

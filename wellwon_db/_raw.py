@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+from asyncpg.connection import _ConnectionProxy
 
 __all__ = ["RawConnection"]
 
 
-class RawConnection:
+class RawConnection(_ConnectionProxy):
     """Every attribute of the lent asyncpg connection, until the block ends.
 
     After the block the connection belongs to the pool again (maybe to
     another task): any use raises asyncpg's ``InterfaceError`` instead of
     touching someone else's session, as asyncpg's own pool proxy does.
+    ``isinstance(lent, asyncpg.Connection)`` holds, as for asyncpg's proxy.
     """
 
     __slots__ = ("_con",)

@@ -96,25 +96,30 @@ def _tracing_off() -> bool:
     return isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
 
 
-def _make_tracing_check() -> Any:
-    """A cheaper :func:`_tracing_off` for the per-call path, where the API allows.
+def _fast_tracing_check() -> bool:
+    """``_tracing_off()`` without an environment lookup per call, where the API allows.
 
     ``trace.get_tracer_provider()`` looks up an environment variable on every
     call while no provider is set (a few µs per query). The API keeps the
     provider in a module global that is set once and never unset; when that
     global exists and no provider is configured through the environment,
-    reading it is the same answer. Otherwise the public check is used.
+    reading it gives the same answer. Decided at the first call (after
+    start-up code such as ``load_dotenv()`` ran), not at import.
     """
-    if not hasattr(trace, "_TRACER_PROVIDER") or "OTEL_PYTHON_TRACER_PROVIDER" in os.environ:
-        return _tracing_off
+    global _tracing_off_fast
+    if hasattr(trace, "_TRACER_PROVIDER") and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
 
-    def tracing_off() -> bool:
-        return trace._TRACER_PROVIDER is None
+        def tracing_off() -> bool:
+            return trace._TRACER_PROVIDER is None
 
-    return tracing_off
+        _tracing_off_fast = tracing_off
+    else:
+        _tracing_off_fast = _tracing_off
+    return _tracing_off_fast()
 
 
-_tracing_off_fast = _make_tracing_check()
+#: The per-call check; replaces itself with the right one at its first call.
+_tracing_off_fast = _fast_tracing_check
 
 #: Pools alive in this process, read by the observable instruments.
 _pools: weakref.WeakSet[DatabasePool] = weakref.WeakSet()

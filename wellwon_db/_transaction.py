@@ -12,7 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import asyncpg
 
@@ -20,6 +20,7 @@ from wellwon_db._database import Database
 from wellwon_db._failures import translate_error
 from wellwon_db._guarded import record_outcome
 from wellwon_db._pool import Connection, DatabasePool
+from wellwon_db._raw import RawConnection
 from wellwon_db._retry import is_transaction_retryable
 from wellwon_db._session import SessionEffect, session_effect
 from wellwon_db._slot import PoolSlot
@@ -62,7 +63,7 @@ class TransactionScope:
     ``InterfaceError`` (the connection went back to the pool).
     """
 
-    __slots__ = ("_connection", "_database", "_owner", "_telemetry")
+    __slots__ = ("_connection", "_database", "_lent", "_owner", "_telemetry")
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class TransactionScope:
         telemetry: PoolTelemetry | None = None,
     ) -> None:
         self._connection: Connection | None = connection
+        self._lent: RawConnection | None = None
         self._database = database
         self._owner = owner
         self._telemetry = telemetry
@@ -87,13 +89,20 @@ class TransactionScope:
 
     def _end(self) -> None:
         self._connection = None
+        if self._lent is not None:
+            self._lent.detach()
 
     @property
     def connection(self) -> Connection:
-        """The raw connection; using it marks the session for a reset on release."""
+        """The raw connection, lent for the block; using it marks the session for a reset.
+
+        Using it after the block raises asyncpg's ``InterfaceError``.
+        """
         connection = self._live()
         self._owner.effect = max(self._owner.effect, SessionEffect.RESET)
-        return connection
+        if self._lent is None:
+            self._lent = RawConnection(connection)
+        return cast("Connection", self._lent)
 
     async def _run(
         self,
@@ -221,10 +230,11 @@ class Transaction:
             )
             await tx.__aenter__()
         except BaseException as exc:
+            # asyncpg may still count a transaction as open: reset fully.
             if isinstance(exc, asyncio.CancelledError):
-                pool.release_soon(connection, SessionEffect.NONE)  # BEGIN may be in flight
+                pool.release_soon(connection, SessionEffect.RESET)  # BEGIN may be in flight
             else:
-                await pool.release_connection(connection, SessionEffect.NONE)
+                await pool.release_connection(connection, SessionEffect.RESET)
             # Nothing ran: a failed BEGIN is safe to retry.
             error = translate_error(
                 exc, pool.database, "starting a transaction", may_have_run=False
@@ -258,7 +268,9 @@ class Transaction:
             # a cancelled caller; the background release rolls back or discards.
             record_outcome(breaker, exc, self._started)
             self._end_span("cancelled", exc)
-            pool.release_soon(connection, self.effect)
+            # Rolled back and reset in the background: asyncpg's own record of
+            # the open transaction must go too, or the next lease nests in it.
+            pool.release_soon(connection, max(self.effect, SessionEffect.RESET))
             return
         try:
             if exc is None:
@@ -292,7 +304,7 @@ class Transaction:
             raise
         except BaseException:
             self._end_span("cancelled", None)
-            await pool.release_connection(connection, self.effect)
+            await pool.release_connection(connection, max(self.effect, SessionEffect.RESET))
             raise
         await pool.release_connection(connection, self.effect)
 
