@@ -340,3 +340,47 @@ async def test_raw_connection_refuses_use_after_its_block(db_env: Servers) -> No
         with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
             await connection.fetchval("SELECT 1")
         assert "released" in repr(connection)
+
+
+async def test_rolling_lifetimes_never_exceed_max_size_on_the_server(
+    db_env: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An expired connection keeps its slot until it is closed: never max_size + 1."""
+    from wellwon_db._leases import PooledConnection
+
+    polite_close = PooledConnection.close
+
+    async def slow_close(self: PooledConnection, *, timeout: float | None = None) -> None:
+        await asyncio.sleep(0.2)  # a slow link: the old session lingers on the server
+        await polite_close(self, timeout=timeout)
+
+    monkeypatch.setattr(PooledConnection, "close", slow_close)
+    name = "test:rolling"
+    config = _config(min_size=2, max_size=2, max_lifetime=0.3, application_name=name)
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
+        born = time.monotonic()
+
+        async def both_expired() -> bool:
+            return time.monotonic() - born > 0.35
+
+        await wait_until(both_expired)
+        seen: list[int] = []
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            while not stop.is_set():
+                seen.append(await count_connections(db_env.main, name))
+
+        sampler = asyncio.create_task(sample())
+        held = await asyncio.gather(pool.acquire_connection(), pool.acquire_connection())
+
+        async def replaced_and_closed() -> bool:
+            return pool.get_stats()["connections_retired"] >= 2 and not pool._releasing
+
+        await wait_until(replaced_and_closed, timeout=5)
+        stop.set()
+        await sampler
+        for connection in held:
+            await pool.release_connection(connection)
+    assert seen
+    assert max(seen) <= 2, f"the server saw {max(seen)} of our connections (max_size 2)"
