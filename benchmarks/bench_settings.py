@@ -31,6 +31,7 @@ from benchmarks.bench_overhead import _install_sdk, _run_for
 from wellwon_db import Database, DatabasePool, MainDB, PoolConfig, PostgresConfig
 from wellwon_db._breaker import BreakerConfig, CircuitBreaker
 from wellwon_db._retry import RetryConfig
+from wellwon_db._telemetry import PoolTelemetry
 from wellwon_db.testing import PostgresServer
 
 SQL = "SELECT id, name, email FROM bench_users WHERE id = $1"
@@ -58,7 +59,24 @@ def _variants(base: PoolConfig) -> dict[str, dict[str, Any]]:
             "config": replace(base, lease_metrics=True)
         },
         "reset always (PG_POOL_RESET=always)": {"config": replace(base, reset="always")},
+        "telemetry off (benchmark-only stub, no setting)": {"config": base, "no_telemetry": True},
     }
+
+
+class _NoTelemetry(PoolTelemetry):
+    """Every per-call telemetry method a no-op: what the OpenTelemetry API calls cost."""
+
+    def start(self, query: str, *, batch: bool = False) -> None:
+        return None
+
+    def finish(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def start_transaction(self) -> None:
+        return None
+
+    def end_transaction(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -77,10 +95,14 @@ async def _main(args: argparse.Namespace) -> None:
             min_size=args.pool_size,
             max_size=args.pool_size,
         )
-        pools = {
-            name: DatabasePool(Database.MAIN, dsn, **kwargs)
-            for name, kwargs in _variants(base).items()
-        }
+        pools = {}
+        for name, kwargs in _variants(base).items():
+            silent = kwargs.pop("no_telemetry", False)
+            pools[name] = pool = DatabasePool(Database.MAIN, dsn, **kwargs)
+            if silent:
+                pool.telemetry = _NoTelemetry(
+                    "main", host=None, port=None, namespace=None, pool_name="bench"
+                )
         for pool in pools.values():
             await pool.open()
         names = list(pools)

@@ -384,3 +384,24 @@ async def test_rolling_lifetimes_never_exceed_max_size_on_the_server(
             await pool.release_connection(connection)
     assert seen
     assert max(seen) <= 2, f"the server saw {max(seen)} of our connections (max_size 2)"
+
+
+async def test_a_healthy_idle_connection_passes_its_check(db_env: Servers) -> None:
+    """Idle validation pings; a live connection must pass and be kept, not replaced."""
+    config = _config(min_size=1, max_size=1, validation_idle=0.05)
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
+        connection = await pool.acquire_connection()
+        pid = connection.get_server_pid()
+        await pool.release_connection(connection)
+        released = time.monotonic()
+
+        async def idle_long_enough() -> bool:
+            return time.monotonic() - released > 0.1
+
+        await wait_until(idle_long_enough)
+        connection = await pool.acquire_connection()  # validated first
+        assert connection.get_server_pid() == pid
+        await pool.release_connection(connection)
+        stats = pool.get_stats()
+        assert stats["validations_failed"] == 0
+        assert stats["connections_opened"] == 1

@@ -469,9 +469,15 @@ class PoolLeases:
         return await self._wait_turn(remaining)
 
     async def _ping(self, connection: Connection) -> bool:
+        """One round trip within the connect timeout; ``False`` on any failure.
+
+        ``SELECT 1``, not an empty query: asyncpg fails on the server's
+        EmptyQueryResponse to a simple query.
+        """
         try:
-            await connection.execute("", timeout=self._config.connect_timeout)
+            await connection.execute("SELECT 1", timeout=self._config.connect_timeout)
         except (TimeoutError, Exception):
+            logger.debug("a %s connection failed its check", self._database.value, exc_info=True)
             return False
         return True
 
