@@ -108,7 +108,7 @@ class DatabaseSettings(BaseSettings):
         ge=0,
         le=3600,
         description=(
-            "A connection idle longer than this is checked with an empty query before it is "
+            "A connection idle longer than this is checked with SELECT 1 before it is "
             "handed out (a dead one is replaced); 0: never checked."
         ),
     )
