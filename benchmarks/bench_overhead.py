@@ -120,16 +120,23 @@ WORKLOADS = {
 }
 
 
-async def _main(args: argparse.Namespace) -> None:
-    with PostgresServer("bench", settings={"max_connections": "200"}) as server:
-        dsn = server.dsn()
-        setup = await asyncpg.connect(dsn)
+async def _create_tables(dsn: str, extra_sql: str = "") -> None:
+    """``bench_users`` (1,000 rows for the primary-key lookup), then ``extra_sql``."""
+    setup = await asyncpg.connect(dsn)
+    try:
         await setup.execute(
             "CREATE TABLE bench_users (id int PRIMARY KEY, name text, email text);"
             "INSERT INTO bench_users SELECT i, 'user' || i, 'u' || i || '@example.com' "
-            "FROM generate_series(1, 1000) i"
+            "FROM generate_series(1, 1000) i;" + extra_sql
         )
+    finally:
         await setup.close()
+
+
+async def _main(args: argparse.Namespace) -> None:
+    with PostgresServer("bench", settings={"max_connections": "200"}) as server:
+        dsn = server.dsn()
+        await _create_tables(dsn)
         clients = await _clients(dsn)
         names = list(clients)
         print(
@@ -201,15 +208,19 @@ def main() -> None:
         choices=["metrics", "all"],
         help="record metrics (or metrics and spans) with the OTel SDK",
     )
-    args = parser.parse_args()
+    _run(_main, parser.parse_args())
+
+
+def _run(entry: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Namespace) -> None:
+    """Install the OpenTelemetry SDK when ``--otel-sdk`` asks, then run on the chosen loop."""
     if args.otel_sdk:
         _install_sdk(traces=args.otel_sdk == "all")
     if args.uvloop:
         import uvloop
 
-        uvloop.run(_main(args))
+        uvloop.run(entry(args))
     else:
-        asyncio.run(_main(args))
+        asyncio.run(entry(args))
 
 
 if __name__ == "__main__":

@@ -18,16 +18,13 @@ Workloads: ``pk``, the primary-key lookup of ``bench_overhead`` (one row of
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
 from dataclasses import replace
 from typing import Any
 
-import asyncpg
-
-from benchmarks.bench_overhead import _install_sdk, _run_for
+from benchmarks.bench_overhead import _create_tables, _run, _run_for
 from wellwon_db import Database, DatabasePool, MainDB, PoolConfig, PostgresConfig
 from wellwon_db._breaker import BreakerConfig, CircuitBreaker
 from wellwon_db._retry import RetryConfig
@@ -82,14 +79,9 @@ class _NoTelemetry(PoolTelemetry):
 async def _main(args: argparse.Namespace) -> None:
     with PostgresServer("bench", settings={"max_connections": "300"}) as server:
         dsn = server.dsn()
-        setup = await asyncpg.connect(dsn)
-        await setup.execute(
-            "CREATE TABLE bench_users (id int PRIMARY KEY, name text, email text);"
-            "INSERT INTO bench_users SELECT i, 'user' || i, 'u' || i || '@example.com' "
-            "FROM generate_series(1, 1000) i;"
-            "CREATE TABLE bench_events (id bigserial PRIMARY KEY, payload text)"
+        await _create_tables(
+            dsn, "CREATE TABLE bench_events (id bigserial PRIMARY KEY, payload text)"
         )
-        await setup.close()
         base = replace(
             PostgresConfig.load(env_file=None).get_pool_config(Database.MAIN),
             min_size=args.pool_size,
@@ -160,15 +152,7 @@ def main() -> None:
     parser.add_argument("--workload", choices=["pk", "insert"], default="pk")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument("--otel-sdk", choices=["metrics", "all"], help="install the OTel SDK")
-    args = parser.parse_args()
-    if args.otel_sdk:
-        _install_sdk(traces=args.otel_sdk == "all")
-    if args.uvloop:
-        import uvloop
-
-        uvloop.run(_main(args))
-    else:
-        asyncio.run(_main(args))
+    _run(_main, parser.parse_args())
 
 
 if __name__ == "__main__":

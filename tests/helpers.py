@@ -1,15 +1,18 @@
-"""Helpers shared by the tests: the servers' databases, polling, server-side counts."""
+"""Shared by the tests: the servers' databases, polling, server-side counts, pool settings."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import pytest
 
+from wellwon_db import Database, PoolConfig, PostgresConfig
 from wellwon_db.testing import PostgresServer
 
 MAIN_DB = "wellwon_main"
@@ -58,3 +61,9 @@ async def count_connections(server: PostgresServer, application_name: str) -> in
         return count
     finally:
         await connection.close()
+
+
+def pool_config(database: Database = Database.MAIN, **overrides: Any) -> PoolConfig:
+    """``database``'s pool settings from a clean environment, with ``overrides``."""
+    base = PostgresConfig.load(env_file=None).get_pool_config(database)
+    return dataclasses.replace(base, **overrides)

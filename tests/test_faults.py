@@ -447,6 +447,17 @@ async def test_refused_connection_is_retried_until_the_link_returns(
     assert failures, "the call never failed, so it proves nothing about retries"
 
 
+async def _silent_past_validation(proxy: TcpProxy, client: ReferenceDB) -> None:
+    """Silence the link, then wait until the pool's idle connections are due a check."""
+    proxy.go_deaf()
+    deadline = time.monotonic() + client.pool.config.validation_idle
+
+    async def idle_long_enough() -> bool:
+        return time.monotonic() > deadline
+
+    await wait_until(idle_long_enough)
+
+
 async def test_idle_connections_are_validated_before_use(
     proxied: tuple[Cluster, TcpProxy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -454,13 +465,7 @@ async def test_idle_connections_are_validated_before_use(
     reference = cluster.reference_db
     assert await reference.fetchval("SELECT 1") == 1
     # The link goes silent: nothing tells the pool its idle connections are dead.
-    proxy.go_deaf()
-    deadline = time.monotonic() + reference.pool.config.validation_idle
-
-    async def idle_long_enough() -> bool:
-        return time.monotonic() > deadline
-
-    await wait_until(idle_long_enough)
+    await _silent_past_validation(proxy, reference)
     reference.breaker.disable()
     started = time.monotonic()
     with pytest.raises(DatabaseUnavailableError) as caught:
@@ -523,13 +528,7 @@ async def test_no_reservation_leaks_through_dead_connections(
     reference = cluster.reference_db
     reference.breaker.disable()
     assert await reference.fetchval("SELECT 1") == 1
-    proxy.go_deaf()
-    deadline = time.monotonic() + reference.pool.config.validation_idle
-
-    async def idle_long_enough() -> bool:
-        return time.monotonic() > deadline
-
-    await wait_until(idle_long_enough)
+    await _silent_past_validation(proxy, reference)
     results = await asyncio.gather(
         *(reference.fetchval("SELECT 1") for _ in range(12)), return_exceptions=True
     )

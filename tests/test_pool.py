@@ -9,27 +9,19 @@ import time
 import asyncpg
 import pytest
 
-from tests.helpers import SECRET, Servers, count_connections, wait_until
+from tests.helpers import SECRET, Servers, count_connections, pool_config, wait_until
 from wellwon_db import (
     Database,
     DatabasePool,
     DatabaseUnavailableError,
     PoolClosedError,
-    PoolConfig,
     PoolState,
     PoolTimeoutError,
-    PostgresConfig,
 )
 
 
-def _config(database: Database = Database.MAIN, **overrides: object) -> PoolConfig:
-    base = PostgresConfig.load(env_file=None).get_pool_config(database)
-    values = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides}
-    return PoolConfig(**values)  # type: ignore[arg-type]
-
-
 async def test_lifecycle_states(db_env: Servers) -> None:
-    pool = DatabasePool(Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=2))
+    pool = DatabasePool(Database.MAIN, db_env.main_dsn, pool_config(min_size=1, max_size=2))
     assert pool.state is PoolState.NEW
     with pytest.raises(PoolClosedError, match="not been opened"):
         await pool.acquire_connection()
@@ -47,19 +39,19 @@ async def test_lifecycle_states(db_env: Servers) -> None:
 
 
 def test_repr_and_errors_hide_the_password(db_env: Servers) -> None:
-    pool = DatabasePool(Database.MAIN, db_env.main_dsn, _config())
+    pool = DatabasePool(Database.MAIN, db_env.main_dsn, pool_config())
     assert SECRET not in repr(pool)
     assert "***" in repr(pool)
     assert pool.address == f"127.0.0.1:{db_env.main.port}"
     with pytest.raises(ValueError, match="reference database given for the main"):
-        DatabasePool(Database.MAIN, db_env.main_dsn, _config(Database.REFERENCE))
+        DatabasePool(Database.MAIN, db_env.main_dsn, pool_config(Database.REFERENCE))
 
 
 async def test_acquire_timeout_names_database_size_and_waiters(db_env: Servers) -> None:
     pool = DatabasePool(
         Database.REFERENCE,
         db_env.reference_dsn,
-        _config(Database.REFERENCE, min_size=1, max_size=1, timeout=0.2),
+        pool_config(Database.REFERENCE, min_size=1, max_size=1, timeout=0.2),
     )
     async with pool:
         held = await pool.acquire_connection()
@@ -91,7 +83,7 @@ def _closed_port() -> int:
 
 async def test_unreachable_server_raises_unavailable_without_secrets() -> None:
     dsn = f"postgresql://app:{SECRET}@127.0.0.1:{_closed_port()}/x"
-    pool = DatabasePool(Database.MAIN, dsn, _config(min_size=1, connect_timeout=2))
+    pool = DatabasePool(Database.MAIN, dsn, pool_config(min_size=1, connect_timeout=2))
     with pytest.raises(DatabaseUnavailableError) as caught:
         await pool.open()
     assert caught.value.database == "main"
@@ -113,7 +105,7 @@ async def test_silent_server_is_bounded_by_the_connect_timeout() -> None:
         pool = DatabasePool(
             Database.MAIN,
             f"postgresql://u@127.0.0.1:{port}/x",
-            _config(min_size=1, connect_timeout=0.5),
+            pool_config(min_size=1, connect_timeout=0.5),
         )
         started = asyncio.get_running_loop().time()
         with pytest.raises(DatabaseUnavailableError, match=r"connect timeout of 0\.5s"):
@@ -128,7 +120,7 @@ async def test_silent_server_is_bounded_by_the_connect_timeout() -> None:
 
 async def test_max_lifetime_replaces_old_connections(db_env: Servers) -> None:
     pool = DatabasePool(
-        Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=1, max_lifetime=0.2)
+        Database.MAIN, db_env.main_dsn, pool_config(min_size=1, max_size=1, max_lifetime=0.2)
     )
     async with pool:
         connection = await pool.acquire_connection()
@@ -146,14 +138,14 @@ async def test_max_lifetime_replaces_old_connections(db_env: Servers) -> None:
 
 
 async def test_application_name_and_min_size_seen_by_server(db_env: Servers) -> None:
-    config = _config(Database.REFERENCE, min_size=2, max_size=4, application_name="svc-ref")
+    config = pool_config(Database.REFERENCE, min_size=2, max_size=4, application_name="svc-ref")
     async with DatabasePool(Database.REFERENCE, db_env.reference_dsn, config):
         assert await count_connections(db_env.reference, "svc-ref") == 2
     assert await count_connections(db_env.reference, "svc-ref") == 0
 
 
 async def test_stats_snapshot_has_stable_keys(db_env: Servers) -> None:
-    async with DatabasePool(Database.MAIN, db_env.main_dsn, _config(min_size=1)) as pool:
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, pool_config(min_size=1)) as pool:
         stats = pool.get_stats()
     assert set(stats) == {
         "database",
@@ -177,7 +169,7 @@ async def test_stats_snapshot_has_stable_keys(db_env: Servers) -> None:
 
 
 async def test_close_terminates_a_leaked_connection(db_env: Servers) -> None:
-    pool = DatabasePool(Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=1))
+    pool = DatabasePool(Database.MAIN, db_env.main_dsn, pool_config(min_size=1, max_size=1))
     await pool.open()
     await pool.acquire_connection()  # never released
     await pool.close(timeout=0.3)
@@ -191,7 +183,7 @@ async def test_close_terminates_a_leaked_connection(db_env: Servers) -> None:
 
 async def test_close_wakes_waiters_at_once(db_env: Servers) -> None:
     pool = DatabasePool(
-        Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=1, timeout=30)
+        Database.MAIN, db_env.main_dsn, pool_config(min_size=1, max_size=1, timeout=30)
     )
     await pool.open()
     held = await pool.acquire_connection()
@@ -210,7 +202,7 @@ async def test_close_wakes_waiters_at_once(db_env: Servers) -> None:
 
 
 async def test_waiters_are_served_first_come_first_served(db_env: Servers) -> None:
-    pool = DatabasePool(Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=1))
+    pool = DatabasePool(Database.MAIN, db_env.main_dsn, pool_config(min_size=1, max_size=1))
     async with pool:
         held = await pool.acquire_connection()
         order: list[int] = []
@@ -251,7 +243,7 @@ async def test_idle_connections_above_min_size_close_after_max_inactive_lifetime
     db_env: Servers,
 ) -> None:
     name = "test:inactive"
-    config = _config(min_size=1, max_size=4, max_inactive_lifetime=0.2, application_name=name)
+    config = pool_config(min_size=1, max_size=4, max_inactive_lifetime=0.2, application_name=name)
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
         held = [await pool.acquire_connection() for _ in range(4)]
         for connection in held:
@@ -272,7 +264,7 @@ async def test_min_size_is_restored_after_the_server_kills_connections(
     db_env: Servers,
 ) -> None:
     name = "test:refill"
-    config = _config(min_size=3, max_size=5, application_name=name)
+    config = pool_config(min_size=3, max_size=5, application_name=name)
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
         assert await count_connections(db_env.main, name) == 3
         assert await _terminate_backends(db_env.main.dsn(), name) == 3
@@ -294,7 +286,7 @@ async def test_min_size_is_restored_after_the_server_kills_connections(
 
 
 async def test_a_connection_is_replaced_after_max_queries_leases(db_env: Servers) -> None:
-    config = _config(min_size=1, max_size=1, max_queries=3)
+    config = pool_config(min_size=1, max_size=1, max_queries=3)
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
         pids = []
         for _ in range(7):
@@ -309,7 +301,7 @@ async def test_a_connection_is_replaced_after_max_queries_leases(db_env: Servers
 
 async def test_each_waiter_gets_its_whole_acquire_timeout(db_env: Servers) -> None:
     """Waiters share one timer; a later waiter must not inherit an earlier deadline."""
-    config = _config(min_size=1, max_size=1, timeout=0.6)
+    config = pool_config(min_size=1, max_size=1, timeout=0.6)
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
         held = await pool.acquire_connection()
         first = asyncio.create_task(pool.acquire_connection())
@@ -334,7 +326,7 @@ async def test_each_waiter_gets_its_whole_acquire_timeout(db_env: Servers) -> No
 
 
 async def test_raw_connection_refuses_use_after_its_block(db_env: Servers) -> None:
-    async with DatabasePool(Database.MAIN, db_env.main_dsn, _config()) as pool:
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, pool_config()) as pool:
         async with pool.acquire() as connection:
             assert await connection.fetchval("SELECT 1") == 1
         with pytest.raises(asyncpg.InterfaceError, match="released back to the pool"):
@@ -356,7 +348,7 @@ async def test_rolling_lifetimes_never_exceed_max_size_on_the_server(
 
     monkeypatch.setattr(PooledConnection, "close", slow_close)
     name = "test:rolling"
-    config = _config(min_size=2, max_size=2, max_lifetime=0.3, application_name=name)
+    config = pool_config(min_size=2, max_size=2, max_lifetime=0.3, application_name=name)
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
         born = time.monotonic()
 
@@ -388,7 +380,7 @@ async def test_rolling_lifetimes_never_exceed_max_size_on_the_server(
 
 async def test_a_healthy_idle_connection_passes_its_check(db_env: Servers) -> None:
     """Idle validation pings; a live connection must pass and be kept, not replaced."""
-    config = _config(min_size=1, max_size=1, validation_idle=0.05)
+    config = pool_config(min_size=1, max_size=1, validation_idle=0.05)
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
         connection = await pool.acquire_connection()
         pid = connection.get_server_pid()

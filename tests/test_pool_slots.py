@@ -7,23 +7,15 @@ import asyncio
 import asyncpg
 import pytest
 
-from tests.helpers import MAIN_DB, SECRET, Servers, count_connections, wait_until
+from tests.helpers import MAIN_DB, SECRET, Servers, count_connections, pool_config, wait_until
 from wellwon_db import (
     Database,
     DatabasePool,
     PoolClosedError,
-    PoolConfig,
     PoolState,
-    PostgresConfig,
 )
 from wellwon_db._session import SessionEffect
 from wellwon_db.testing import TcpProxy
-
-
-def _config(**overrides: object) -> PoolConfig:
-    base = PostgresConfig.load(env_file=None).get_pool_config(Database.MAIN)
-    values = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides}
-    return PoolConfig(**values)  # type: ignore[arg-type]
 
 
 def _slots_consistent(pool: DatabasePool) -> bool:
@@ -32,7 +24,7 @@ def _slots_consistent(pool: DatabasePool) -> bool:
 
 
 async def test_broken_release_counts_one_retirement(db_env: Servers) -> None:
-    config = _config(min_size=1, max_size=2, capacity_check="off")
+    config = pool_config(min_size=1, max_size=2, capacity_check="off")
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
         connection = await pool.acquire_connection()
         await pool.release_connection(connection, SessionEffect.BROKEN)
@@ -50,7 +42,7 @@ async def test_close_during_capacity_check_fails_open_with_pool_closed(db_env: S
                 reached.set()
                 await super()._check_capacity()
 
-        config = _config(min_size=1, max_size=2, capacity_check="warn", command_timeout=5.0)
+        config = pool_config(min_size=1, max_size=2, capacity_check="warn", command_timeout=5.0)
         pool = Probe(Database.MAIN, proxy.dsn(MAIN_DB, password=SECRET), config)
         opening = asyncio.create_task(pool.open())
         await asyncio.wait_for(reached.wait(), 5)
@@ -65,7 +57,7 @@ async def test_connect_finishing_after_close_leaves_no_negative_slot_count(
 ) -> None:
     name = "review:late-connect"
     async with TcpProxy(db_env.main.host, db_env.main.port) as proxy:
-        config = _config(min_size=0, max_size=2, capacity_check="off", application_name=name)
+        config = pool_config(min_size=0, max_size=2, capacity_check="off", application_name=name)
         pool = DatabasePool(Database.MAIN, proxy.dsn(MAIN_DB, password=SECRET), config)
         await pool.open()
         proxy.go_deaf()
@@ -91,7 +83,7 @@ async def test_connect_finishing_after_close_leaves_no_negative_slot_count(
 async def test_double_release_never_hands_one_connection_to_two_callers(
     db_env: Servers,
 ) -> None:
-    config = _config(min_size=1, max_size=2, capacity_check="off")
+    config = pool_config(min_size=1, max_size=2, capacity_check="off")
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
         connection = await pool.acquire_connection()
         await pool.release_connection(connection)
@@ -108,7 +100,7 @@ async def test_min_size_is_restored_after_a_dead_idle_connection_is_replaced(
     db_env: Servers,
 ) -> None:
     name = "review:replaced"
-    config = _config(
+    config = pool_config(
         min_size=2, max_size=2, validation_idle=0, capacity_check="off", application_name=name
     )
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
@@ -125,7 +117,7 @@ async def test_min_size_is_restored_after_a_dead_idle_connection_is_replaced(
 
 
 async def test_a_second_close_waits_for_the_first_to_finish(db_env: Servers) -> None:
-    config = _config(min_size=1, max_size=1, capacity_check="off")
+    config = pool_config(min_size=1, max_size=1, capacity_check="off")
     pool = DatabasePool(Database.MAIN, db_env.main_dsn, config)
     await pool.open()
     held = await pool.acquire_connection()

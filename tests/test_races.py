@@ -10,30 +10,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
 
-from tests.helpers import Servers, count_connections, wait_until
+from tests.helpers import Servers, count_connections, pool_config, wait_until
 from wellwon_db import (
     Database,
     DatabasePool,
     PoolClosedError,
-    PoolConfig,
     PoolState,
-    PostgresConfig,
 )
-
-
-def _config(database: Database = Database.MAIN, **overrides: object) -> PoolConfig:
-    base = PostgresConfig.load(env_file=None).get_pool_config(database)
-    values = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides}
-    return PoolConfig(**values)  # type: ignore[arg-type]
+from wellwon_db.testing import TcpProxy
 
 
 async def test_close_drains_work_that_finishes_in_time(
     db_env: Servers, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pool = DatabasePool(Database.MAIN, db_env.main_dsn, _config(min_size=1, max_size=2))
+    pool = DatabasePool(Database.MAIN, db_env.main_dsn, pool_config(min_size=1, max_size=2))
     await pool.open()
     connection = await pool.acquire_connection()
 
@@ -56,7 +50,7 @@ async def test_close_while_opening_leaves_the_pool_closed(db_env: Servers) -> No
     pool = DatabasePool(
         Database.MAIN,
         db_env.main_dsn,
-        _config(min_size=3, max_size=3, application_name="review:close-opening"),
+        pool_config(min_size=3, max_size=3, application_name="review:close-opening"),
     )
     opening = asyncio.create_task(pool.open())
     await asyncio.sleep(0)  # open() is now connecting
@@ -120,27 +114,29 @@ async def test_cancel_during_release_frees_the_half_open_probe(
         )
 
 
+async def _one_connection_pool(proxy: TcpProxy, **overrides: Any) -> DatabasePool:
+    """An open one-connection pool behind ``proxy``: short connect timeout, no idle check."""
+    settings: dict[str, Any] = {
+        "min_size": 1,
+        "max_size": 1,
+        "connect_timeout": 0.5,
+        "command_timeout": 6.0,
+        "validation_idle": 0,
+        "capacity_check": "off",
+        **overrides,
+    }
+    pool = DatabasePool(Database.MAIN, proxy.dsn("postgres"), pool_config(**settings))
+    await pool.open()
+    return pool
+
+
 async def test_dead_idle_connection_on_a_silent_link_is_bounded_by_the_acquire_timeout(
     db_env: Servers,
 ) -> None:
     from wellwon_db import DatabaseUnavailableError
-    from wellwon_db.testing import TcpProxy
 
     async with TcpProxy(db_env.main.host, db_env.main.port) as proxy:
-        pool = DatabasePool(
-            Database.MAIN,
-            proxy.dsn("postgres"),
-            _config(
-                min_size=1,
-                max_size=1,
-                timeout=1.0,
-                connect_timeout=0.5,
-                command_timeout=6.0,
-                validation_idle=0.1,
-                capacity_check="off",
-            ),
-        )
-        await pool.open()
+        pool = await _one_connection_pool(proxy, timeout=1.0, validation_idle=0.1)
         try:
             await asyncio.sleep(0.3)  # idle past validation_idle
             proxy.go_deaf()
@@ -159,22 +155,9 @@ async def test_caller_cancelled_during_commit_on_a_silent_link_returns_at_once(
 ) -> None:
     from wellwon_db._slot import PoolSlot
     from wellwon_db._transaction import Transaction
-    from wellwon_db.testing import TcpProxy
 
     async with TcpProxy(db_env.main.host, db_env.main.port) as proxy:
-        pool = DatabasePool(
-            Database.MAIN,
-            proxy.dsn("postgres"),
-            _config(
-                min_size=1,
-                max_size=1,
-                connect_timeout=0.5,
-                command_timeout=6.0,
-                validation_idle=0,
-                capacity_check="off",
-            ),
-        )
-        await pool.open()
+        pool = await _one_connection_pool(proxy)
         slot = PoolSlot(Database.MAIN)
         slot.pool = pool
         in_commit = asyncio.Event()
@@ -206,22 +189,9 @@ async def test_close_with_zero_drain_timeout_does_not_wait_for_background_releas
     from wellwon_db._guarded import run_guarded
     from wellwon_db._slot import PoolSlot
     from wellwon_db._transaction import fetchrow_call
-    from wellwon_db.testing import TcpProxy
 
     async with TcpProxy(db_env.main.host, db_env.main.port) as proxy:
-        pool = DatabasePool(
-            Database.MAIN,
-            proxy.dsn("postgres"),
-            _config(
-                min_size=1,
-                max_size=1,
-                connect_timeout=0.5,
-                command_timeout=6.0,
-                validation_idle=0,
-                capacity_check="off",
-            ),
-        )
-        await pool.open()
+        pool = await _one_connection_pool(proxy)
         slot = PoolSlot(Database.MAIN)
         slot.pool = pool
         try:

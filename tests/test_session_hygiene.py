@@ -20,14 +20,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.helpers import Servers, wait_until
+from tests.helpers import Servers, pool_config, wait_until
 from wellwon_db import (
     Database,
     DatabasePool,
     DatabaseUnavailableError,
     MainDB,
-    PoolConfig,
-    PostgresConfig,
 )
 from wellwon_db._retry import RetryConfig
 
@@ -35,16 +33,10 @@ from wellwon_db._retry import RetryConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(**overrides: object) -> PoolConfig:
-    base = PostgresConfig.load(env_file=None).get_pool_config(Database.MAIN)
-    values = {**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides}
-    return PoolConfig(**values)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 async def one_connection(db_env: Servers) -> AsyncIterator[MainDB]:
     """A client whose pool has exactly one connection: every lease reuses it."""
-    config = _config(min_size=1, max_size=1, capacity_check="off", command_timeout=10.0)
+    config = pool_config(min_size=1, max_size=1, capacity_check="off", command_timeout=10.0)
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
         yield MainDB(pool)
 
@@ -159,7 +151,7 @@ async def test_acquire_lends_an_asyncpg_connection_instance(one_connection: Main
 async def test_unavailable_error_keeps_its_cause_when_retrying_stops_at_once(
     db_env: Servers,
 ) -> None:
-    config = _config(min_size=1, max_size=2, capacity_check="off", command_timeout=10.0)
+    config = pool_config(min_size=1, max_size=2, capacity_check="off", command_timeout=10.0)
     # The first attempt outlasts the retry deadline: the policy re-raises the first error.
     retry = RetryConfig(attempts=3, backoff=0.01, backoff_max=0.01, deadline=0.2)
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config, retry=retry) as pool:

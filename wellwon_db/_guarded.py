@@ -70,9 +70,7 @@ async def run_guarded(
         telemetry.finish(span, query, started, exc, batch=batch)
         raise
     try:
-        connection = pool.take_idle()
-        if connection is None:
-            connection = await pool.acquire_slow(started)
+        connection = pool.take_idle() or await pool.acquire_slow(started)
     except BaseException as exc:
         record_outcome(breaker, exc, started)
         telemetry.finish(span, query, started, exc, batch=batch)

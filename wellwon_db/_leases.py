@@ -40,7 +40,16 @@ from wellwon_db._settings import SETTINGS_CLASSES, env_var_name
 from wellwon_db._telemetry import PoolTelemetry
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
 
-__all__ = ["RESET_SQL", "Connection", "ConnectionInfo", "PoolLeases", "PoolState"]
+__all__ = [
+    "RESET_SQL",
+    "Connection",
+    "ConnectionInfo",
+    "PoolLeases",
+    "PoolState",
+    "PooledConnection",
+    "Turn",
+    "close_or_terminate",
+]
 
 logger = logging.getLogger("wellwon_db.pool")
 
@@ -225,11 +234,7 @@ class PoolLeases:
         connection = idle[-1]
         info = self._connections[connection]
         now = _monotonic()
-        if (
-            (self._validation_idle and now - info.idle_since > self._validation_idle)
-            or (self._max_lifetime and now - info.born > self._max_lifetime)
-            or connection.is_closed()
-        ):
+        if self._needs_check(connection, info, now):
             return None  # the slow path checks it
         idle.pop()
         self._begin_lease(info, now, now)
@@ -245,22 +250,34 @@ class PoolLeases:
         if self._idle:
             connection = self._idle.pop()
         elif self._size < self._max_size:
-            self._size += 1  # a slot, reserved before any await
-            connection = await self._open_in_slot()
+            connection = await self._grow()
         else:
             connection = await self._wait_turn(self._config.timeout)
         info = self._connections[connection]
         now = _monotonic()
-        if (
-            (self._validation_idle and now - info.idle_since > self._validation_idle)
-            or (self._max_lifetime and now - info.born > self._max_lifetime)
-            or connection.is_closed()
-        ):
+        if self._needs_check(connection, info, now):
             connection = await self._checked(connection, started)
             info = self._connections[connection]
             now = _monotonic()
         self._begin_lease(info, started, now)
         return connection
+
+    def _needs_check(self, connection: Connection, info: ConnectionInfo, now: float) -> bool:
+        """Whether an idle ``connection`` must go through :meth:`_checked` before use."""
+        return bool(
+            (self._validation_idle and now - info.idle_since > self._validation_idle)
+            or self._expired(info, now)
+            or connection.is_closed()
+        )
+
+    def _expired(self, info: ConnectionInfo, now: float) -> bool:
+        """Older than ``max_lifetime`` (never, when it is 0)."""
+        return bool(self._max_lifetime) and now - info.born > self._max_lifetime
+
+    async def _grow(self) -> Connection:
+        """Reserve a new slot (before any await) and open a connection in it."""
+        self._size += 1
+        return await self._open_in_slot()
 
     async def _open_in_slot(self) -> Connection:
         """Open a connection in a slot already counted in ``_size``; free it on failure."""
@@ -405,12 +422,8 @@ class PoolLeases:
             now = _monotonic()
             if connection.is_closed():
                 usable = False
-            elif self._max_lifetime and now - info.born > self._max_lifetime:
-                # Closed politely in the background, keeping its slot until
-                # closed, so the server never sees more than max_size of ours.
-                self._stats["connections_retired"] += 1
-                self._forget(connection)
-                self._close_soon(connection)
+            elif self._expired(info, now):
+                self._retire(connection)
                 connection = await self._next_connection(started, have_slot=False)
                 continue
             elif self._validation_idle and now - info.idle_since > self._validation_idle:
@@ -431,7 +444,10 @@ class PoolLeases:
             connection = await self._next_connection(started, have_slot=True)
         self._discard(connection)
         self._free_slot()
-        raise DatabaseUnavailableError(
+        raise self._no_live_connection_error()
+
+    def _no_live_connection_error(self) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
             f"the {self._database.value} database at {self._address}: pooled connections are "
             "dead and no live one could be had in time",
             database=self._database.value,
@@ -450,12 +466,7 @@ class PoolLeases:
                 self._free_slot()
             if self._state is not PoolState.OPEN:
                 raise self._not_serving_error()
-            raise DatabaseUnavailableError(
-                f"the {self._database.value} database at {self._address}: pooled connections "
-                "are dead and no live one could be had in time",
-                database=self._database.value,
-                may_have_run=False,
-            )
+            raise self._no_live_connection_error()
         if self._idle:
             connection = self._idle.pop()  # it brings its own slot
             if have_slot:
@@ -464,8 +475,7 @@ class PoolLeases:
         if have_slot:
             return await self._open_in_slot()
         if self._size < self._max_size:
-            self._size += 1
-            return await self._open_in_slot()
+            return await self._grow()
         return await self._wait_turn(remaining)
 
     async def _ping(self, connection: Connection) -> bool:
@@ -566,7 +576,7 @@ class PoolLeases:
             or connection.is_in_transaction()
             or connection.is_closed()
             or (self._max_uses and info.uses >= self._max_uses)
-            or (self._max_lifetime and now - info.born > self._max_lifetime)
+            or self._expired(info, now)
         ):
             return False
         info.idle_since = now
@@ -597,14 +607,9 @@ class PoolLeases:
             if (
                 effect is SessionEffect.DISCARD
                 or (self._max_uses and info.uses >= self._max_uses)
-                or (self._max_lifetime and _monotonic() - info.born > self._max_lifetime)
+                or self._expired(info, _monotonic())
             ):
-                self._stats["connections_retired"] += 1
-                self._forget(connection)
-                try:
-                    await connection.close(timeout=self._config.command_timeout)
-                finally:
-                    self._free_slot()
+                self._retire(connection)
                 return
             if effect or self._always_reset or connection.is_in_transaction():
                 self._stats["resets"] += 1
@@ -679,11 +684,18 @@ class PoolLeases:
     def _forget(self, connection: Connection) -> None:
         self._connections.pop(connection, None)
 
-    def _close_soon(self, connection: Connection) -> None:
-        """Close a connection the pool no longer tracks, politely, in the background.
+    def _retire(self, connection: Connection) -> None:
+        """Stop using ``connection`` and close it politely in the background.
 
-        Its slot stays counted until it is closed.
+        Its slot stays counted until it is closed, so the server never sees
+        more than ``max_size`` of our connections.
         """
+        self._stats["connections_retired"] += 1
+        self._forget(connection)
+        self._close_soon(connection)
+
+    def _close_soon(self, connection: Connection) -> None:
+        """Close a connection the pool no longer tracks, politely, in the background."""
         task = asyncio.get_running_loop().create_task(
             self._close_in_slot(connection),
             name=f"wellwon_db-close-{self._database.value}",
@@ -749,9 +761,18 @@ class PoolLeases:
 
     async def _close_in_slot(self, connection: Connection) -> None:
         try:
-            await connection.close(timeout=self._config.command_timeout)
-        except BaseException:
-            connection.terminate()
-            raise
+            await close_or_terminate(connection, self._config.command_timeout)
         finally:
             self._free_slot()
+
+
+async def close_or_terminate(connection: Connection, timeout: float) -> None:
+    """Close politely within ``timeout`` seconds; terminate when that fails or no time is left."""
+    if timeout <= 0:
+        connection.terminate()
+        return
+    try:
+        await connection.close(timeout=timeout)
+    except BaseException:
+        connection.terminate()
+        raise

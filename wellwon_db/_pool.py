@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from typing import Any, Final
@@ -37,6 +38,7 @@ from wellwon_db._leases import (
     PoolLeases,
     PoolState,
     Turn,
+    close_or_terminate,
 )
 from wellwon_db._retry import RetryConfig, RetryPolicy
 from wellwon_db._telemetry import (
@@ -263,10 +265,8 @@ class DatabasePool(PoolLeases):
                 row = await connection.fetchrow(_CAPACITY_SQL, config.application_name)
             finally:
                 self._forget(connection)
-                try:
-                    await connection.close(timeout=config.command_timeout)
-                except Exception:
-                    connection.terminate()
+                with contextlib.suppress(Exception):
+                    await close_or_terminate(connection, config.command_timeout)
         if row is None:
             return
         reserved = row["superuser_reserved"] + row["reserved"]
@@ -311,10 +311,10 @@ class DatabasePool(PoolLeases):
         opened = [r for r in results if not isinstance(r, BaseException)]
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
-            if self._state is not PoolState.CLOSED:  # close() uncounted them all
-                self._size -= missing
             for connection in opened:
                 self._discard(connection)
+            for _ in range(missing):
+                self._free_slot()
             raise failures[0]
         self._idle.extend(opened)
 
@@ -332,8 +332,7 @@ class DatabasePool(PoolLeases):
         self._refill_soon()
 
     async def _first_connection(self) -> None:
-        self._size += 1
-        self._put_back(await self._open_in_slot())
+        self._put_back(await self._grow())
 
     def _log_background_failure(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
@@ -389,8 +388,7 @@ class DatabasePool(PoolLeases):
     async def _refill_to_min(self) -> None:
         try:
             while self._state is PoolState.OPEN and self._size < self._config.min_size:
-                self._size += 1
-                self._put_back(await self._open_in_slot())
+                self._put_back(await self._grow())
         except Exception as exc:
             # The next release, acquire or housekeeping round tries again.
             logger.debug("could not restore the %s pool's minimum: %r", self._database.value, exc)
@@ -421,14 +419,11 @@ class DatabasePool(PoolLeases):
             info = self._connections.get(connection)
             if info is None:
                 continue
-            too_old = bool(self._max_lifetime) and now - info.born > self._max_lifetime
             unused = bool(inactive) and now - info.idle_since > inactive and surplus > 0
-            if too_old or unused:
+            if self._expired(info, now) or unused:
                 surplus -= 1
                 self._idle.remove(connection)
-                self._stats["connections_retired"] += 1
-                self._forget(connection)
-                self._close_soon(connection)  # frees the slot once closed
+                self._retire(connection)
 
     def _terminate_all(self) -> None:
         """Terminate every connection at once (idle or not) and forget them all."""
@@ -525,18 +520,9 @@ class DatabasePool(PoolLeases):
         self._idle.clear()
         for connection in idle:
             self._forget(connection)
-        if not idle:
-            return
-        results = await asyncio.gather(
-            *(
-                asyncio.wait_for(c.close(timeout=timeout), timeout) if timeout > 0 else _nothing()
-                for c in idle
-            ),
-            return_exceptions=True,
+        await asyncio.gather(
+            *(close_or_terminate(c, timeout) for c in idle), return_exceptions=True
         )
-        for connection, result in zip(idle, results, strict=True):
-            if isinstance(result, BaseException) or timeout <= 0:
-                connection.terminate()
 
     def _log_stragglers(self, timeout: float) -> None:
         now = time.monotonic()
@@ -618,7 +604,3 @@ class DatabasePool(PoolLeases):
             "reserved": self._size - idle,
             **self._stats,
         }
-
-
-async def _nothing() -> None:
-    """An awaitable that does nothing (a close with no time left)."""
