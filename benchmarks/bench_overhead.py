@@ -33,8 +33,8 @@ from typing import Any
 import asyncpg
 
 from wellwon_db import Database, DatabasePool, MainDB, PostgresConfig
-from wellwon_db._breaker import BreakerConfig, CircuitBreaker
-from wellwon_db._retry import RetryConfig
+from wellwon_db.resilience._breaker import BreakerConfig, CircuitBreaker
+from wellwon_db.resilience._retry import RetryConfig
 from wellwon_db.testing import PostgresServer
 
 POOL_SIZE = 20

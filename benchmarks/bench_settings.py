@@ -26,9 +26,9 @@ from typing import Any
 
 from benchmarks.bench_overhead import _create_tables, _run, _run_for
 from wellwon_db import Database, DatabasePool, MainDB, PoolConfig, PostgresConfig
-from wellwon_db._breaker import BreakerConfig, CircuitBreaker
-from wellwon_db._retry import RetryConfig
-from wellwon_db._telemetry import PoolTelemetry
+from wellwon_db.resilience._breaker import BreakerConfig, CircuitBreaker
+from wellwon_db.resilience._retry import RetryConfig
+from wellwon_db.telemetry._telemetry import PoolTelemetry
 from wellwon_db.testing import PostgresServer
 
 SQL = "SELECT id, name, email FROM bench_users WHERE id = $1"

@@ -7,7 +7,12 @@ import logging
 import pytest
 
 from wellwon_db import CircuitOpenError, DatabaseUnavailableError
-from wellwon_db._breaker import BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker
+from wellwon_db.resilience._breaker import (
+    BreakerConfig,
+    BreakerState,
+    BreakerTransition,
+    CircuitBreaker,
+)
 
 
 class Clock:

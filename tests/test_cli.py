@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from wellwon_db import ConfigurationError, DatabaseUnavailableError
-from wellwon_db._cli import EXIT_CONFIG, EXIT_UNAVAILABLE, main
+from wellwon_db.cli._cli import EXIT_CONFIG, EXIT_UNAVAILABLE, main
 
 
 def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -108,7 +108,7 @@ def test_library_errors_exit_with_a_message(
     async def broken_demo() -> None:
         raise ConfigurationError("set POSTGRES_DSN", env_var="POSTGRES_DSN")
 
-    monkeypatch.setattr("wellwon_db._demo.run_demo", broken_demo)
+    monkeypatch.setattr("wellwon_db.cli._demo.run_demo", broken_demo)
     assert main(["demo"]) == EXIT_CONFIG
     captured = capsys.readouterr()
     assert captured.err == "wellwon-db: configuration error: set POSTGRES_DSN\n"
@@ -121,7 +121,7 @@ def test_unreachable_database_has_its_own_exit_code(
     async def broken_demo() -> None:
         raise DatabaseUnavailableError("the main database is down", database="main")
 
-    monkeypatch.setattr("wellwon_db._demo.run_demo", broken_demo)
+    monkeypatch.setattr("wellwon_db.cli._demo.run_demo", broken_demo)
     assert main(["demo"]) == EXIT_UNAVAILABLE
     assert "the main database is down" in capsys.readouterr().err
 
@@ -130,5 +130,5 @@ def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
     async def interrupted_demo() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("wellwon_db._demo.run_demo", interrupted_demo)
+    monkeypatch.setattr("wellwon_db.cli._demo.run_demo", interrupted_demo)
     assert main(["demo"]) == 130

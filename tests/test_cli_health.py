@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import SECRET, Servers
-from wellwon_db._cli import EXIT_CONFIG, EXIT_DEGRADED, EXIT_DOWN, EXIT_OK, main
+from wellwon_db.cli._cli import EXIT_CONFIG, EXIT_DEGRADED, EXIT_DOWN, EXIT_OK, main
 from wellwon_db.testing import PostgresServer
 
 ROW = re.compile(r"^(main|reference)\s+(ok|degraded|down)\s+(yes|no)\s+(\S+)\s+(.*)$", re.M)

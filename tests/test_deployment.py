@@ -200,7 +200,7 @@ async def test_drain_terminates_stragglers_and_names_them(
 def test_config_command_shows_the_per_worker_numbers(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from wellwon_db._cli import main
+    from wellwon_db.cli._cli import main
 
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     monkeypatch.setenv("PG_POOL_BUDGET", "40")

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from wellwon_db import Database, PostgresConfig
-from wellwon_db._settings import SETTINGS_CLASSES, env_var_names
+from wellwon_db.config._settings import SETTINGS_CLASSES, env_var_names
 
 EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 

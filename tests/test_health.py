@@ -24,7 +24,7 @@ from wellwon_db import (
     start_databases,
     stop_databases,
 )
-from wellwon_db._health import database_status, overall_status, redact_secrets, secrets_of
+from wellwon_db.health._health import database_status, overall_status, redact_secrets, secrets_of
 from wellwon_db.testing import PostgresServer, TcpProxy, override_with_fakes
 
 POOL_KEYS = {"size", "idle", "in_use", "waiting", "acquired", "state", "max_size"}

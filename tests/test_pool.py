@@ -338,7 +338,7 @@ async def test_rolling_lifetimes_never_exceed_max_size_on_the_server(
     db_env: Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An expired connection keeps its slot until it is closed: never max_size + 1."""
-    from wellwon_db._leases import PooledConnection
+    from wellwon_db.pool._leases import PooledConnection
 
     polite_close = PooledConnection.close
 

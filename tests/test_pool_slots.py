@@ -14,7 +14,7 @@ from wellwon_db import (
     PoolClosedError,
     PoolState,
 )
-from wellwon_db._session import SessionEffect
+from wellwon_db.pool._session import SessionEffect
 from wellwon_db.testing import TcpProxy
 
 

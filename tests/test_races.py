@@ -153,8 +153,8 @@ async def test_dead_idle_connection_on_a_silent_link_is_bounded_by_the_acquire_t
 async def test_caller_cancelled_during_commit_on_a_silent_link_returns_at_once(
     db_env: Servers,
 ) -> None:
-    from wellwon_db._slot import PoolSlot
-    from wellwon_db._transaction import Transaction
+    from wellwon_db.client._slot import PoolSlot
+    from wellwon_db.client._transaction import Transaction
 
     async with TcpProxy(db_env.main.host, db_env.main.port) as proxy:
         pool = await _one_connection_pool(proxy)
@@ -186,9 +186,9 @@ async def test_caller_cancelled_during_commit_on_a_silent_link_returns_at_once(
 async def test_close_with_zero_drain_timeout_does_not_wait_for_background_releases(
     db_env: Servers,
 ) -> None:
-    from wellwon_db._guarded import run_guarded
-    from wellwon_db._slot import PoolSlot
-    from wellwon_db._transaction import fetchrow_call
+    from wellwon_db.client._guarded import run_guarded
+    from wellwon_db.client._slot import PoolSlot
+    from wellwon_db.client._transaction import fetchrow_call
 
     async with TcpProxy(db_env.main.host, db_env.main.port) as proxy:
         pool = await _one_connection_pool(proxy)

@@ -19,7 +19,7 @@ from wellwon_db import (
     start_databases,
     stop_databases,
 )
-from wellwon_db._transaction import TransactionScope
+from wellwon_db.client._transaction import TransactionScope
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import MAIN_DB, REFERENCE_DB, Servers, count_connections
 from wellwon_db import Database, DatabaseContainer, MainDB, ReferenceDB, fetchval_for_db
-from wellwon_db._compat import close_pools
+from wellwon_db.di._compat import close_pools
 
 
 async def test_each_client_reaches_its_own_database(

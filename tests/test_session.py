@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wellwon_db._session import SessionEffect, session_effect
+from wellwon_db.pool._session import SessionEffect, session_effect
 
 CLEAN = [
     "SELECT 1",

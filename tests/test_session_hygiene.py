@@ -27,7 +27,7 @@ from wellwon_db import (
     DatabaseUnavailableError,
     MainDB,
 )
-from wellwon_db._retry import RetryConfig
+from wellwon_db.resilience._retry import RetryConfig
 
 #: The checkout these tests belong to (so a subprocess imports the same wellwon_db).
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ async def test_unavailable_error_keeps_its_cause_when_retrying_stops_at_once(
 def test_tracer_provider_configured_by_environment_after_import_is_used() -> None:
     code = (
         "import os\n"
-        "from wellwon_db._telemetry import PoolTelemetry\n"
+        "from wellwon_db.telemetry._telemetry import PoolTelemetry\n"
         "os.environ['OTEL_PYTHON_TRACER_PROVIDER'] = 'sdk_tracer_provider'\n"
         "t = PoolTelemetry('main', host=None, port=None, namespace=None, pool_name='x')\n"
         "print(t.start('SELECT 1') is not None)\n"

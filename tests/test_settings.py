@@ -13,8 +13,8 @@ from wellwon_db import (
     PostgresConfig,
     get_postgres_config,
 )
-from wellwon_db._dsn import redact_dsn
-from wellwon_db._settings import (
+from wellwon_db.config._dsn import redact_dsn
+from wellwon_db.config._settings import (
     SETTINGS_CLASSES,
     MainDatabaseSettings,
     ReferenceDatabaseSettings,

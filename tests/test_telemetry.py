@@ -353,7 +353,7 @@ def test_the_fast_tracing_check_agrees_with_the_public_api(
     sdk: tuple[InMemorySpanExporter, InMemoryMetricReader],
 ) -> None:
     """The per-call check reads the API's global; it must say what the public call says."""
-    from wellwon_db._telemetry import _tracing_off, _tracing_off_fast
+    from wellwon_db.telemetry._telemetry import _tracing_off, _tracing_off_fast
 
     assert _tracing_off() is False  # the module fixture set a provider
     assert _tracing_off_fast() is _tracing_off()

@@ -3,9 +3,12 @@
 Public names only; the implementation lives in private modules.
 """
 
-from wellwon_db._breaker import BreakerConfig, BreakerState, BreakerTransition, CircuitBreaker
-from wellwon_db._client import DatabaseClient, MainDB, ReferenceDB
-from wellwon_db._compat import (
+from wellwon_db._version import __version__ as __version__
+from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
+from wellwon_db.client._transaction import TransactionScope
+from wellwon_db.config._config import PoolConfig, PostgresConfig, get_postgres_config
+from wellwon_db.config._database import Database
+from wellwon_db.di._compat import (
     close_pools,
     execute_for_db,
     fetch_for_db,
@@ -14,20 +17,13 @@ from wellwon_db._compat import (
     get_postgres_dsn_for_db,
     init_pool_for_db,
 )
-from wellwon_db._config import PoolConfig, PostgresConfig, get_postgres_config
-from wellwon_db._container import (
+from wellwon_db.di._container import (
     DatabaseContainer,
     database_lifespan,
     resolve,
     start_databases,
     stop_databases,
 )
-from wellwon_db._database import Database
-from wellwon_db._health import DatabaseHealth, HealthChecker, HealthReport, check_health
-from wellwon_db._pool import DatabasePool, PoolState
-from wellwon_db._retry import RetryConfig
-from wellwon_db._transaction import TransactionScope
-from wellwon_db._version import __version__ as __version__
 from wellwon_db.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -36,6 +32,15 @@ from wellwon_db.errors import (
     PoolTimeoutError,
     WellwonDBError,
 )
+from wellwon_db.health._health import DatabaseHealth, HealthChecker, HealthReport, check_health
+from wellwon_db.pool._pool import DatabasePool, PoolState
+from wellwon_db.resilience._breaker import (
+    BreakerConfig,
+    BreakerState,
+    BreakerTransition,
+    CircuitBreaker,
+)
+from wellwon_db.resilience._retry import RetryConfig
 
 __all__ = [
     "BreakerConfig",

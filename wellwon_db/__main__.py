@@ -2,6 +2,6 @@
 
 import sys
 
-from wellwon_db._cli import main
+from wellwon_db.cli._cli import main
 
 sys.exit(main())

@@ -25,12 +25,12 @@ from typing import Any, TypeVar, cast
 import asyncpg
 from dependency_injector import providers
 
-from wellwon_db._client import DatabaseClient, MainDB, ReferenceDB
-from wellwon_db._container import ContainerLike
-from wellwon_db._database import Database
-from wellwon_db._pool import Connection
-from wellwon_db._slot import PoolSlot
-from wellwon_db._transaction import IsolationLevel, TransactionScope
+from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
+from wellwon_db.client._slot import PoolSlot
+from wellwon_db.client._transaction import IsolationLevel, TransactionScope
+from wellwon_db.config._database import Database
+from wellwon_db.di._container import ContainerLike
+from wellwon_db.pool._pool import Connection
 
 __all__ = [
     "FakeCall",

@@ -20,9 +20,9 @@ from typing import Any, Literal, TypeAlias
 from dotenv import dotenv_values
 from pydantic import SecretStr
 
-from wellwon_db._config import PostgresConfig
-from wellwon_db._dsn import redact_dsn
-from wellwon_db._settings import SETTINGS_CLASSES, DatabaseSettings, env_var_names
+from wellwon_db.config._config import PostgresConfig
+from wellwon_db.config._dsn import redact_dsn
+from wellwon_db.config._settings import SETTINGS_CLASSES, DatabaseSettings, env_var_names
 
 __all__ = ["ConfigReport", "SettingReport", "SettingSource", "build_config_report"]
 

@@ -13,14 +13,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from wellwon_db._breaker import CircuitBreaker
-from wellwon_db._failures import is_availability_failure
-from wellwon_db._failures import translate_error as _translate
-from wellwon_db._pool import Connection, DatabasePool
-from wellwon_db._retry import is_retryable
-from wellwon_db._session import SessionEffect, session_effect
-from wellwon_db._slot import PoolSlot
+from wellwon_db.client._slot import PoolSlot
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError
+from wellwon_db.pool._failures import is_availability_failure
+from wellwon_db.pool._failures import translate_error as _translate
+from wellwon_db.pool._pool import Connection, DatabasePool
+from wellwon_db.pool._session import SessionEffect, session_effect
+from wellwon_db.resilience._breaker import CircuitBreaker
+from wellwon_db.resilience._retry import is_retryable
 
 __all__ = ["StatementCall", "record_outcome", "run_guarded"]
 

@@ -11,7 +11,7 @@ from typing import Final
 
 import asyncpg
 
-from wellwon_db._database import Database
+from wellwon_db.config._database import Database
 from wellwon_db.errors import CircuitOpenError, DatabaseUnavailableError
 
 __all__ = ["is_availability_failure", "translate_error"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from wellwon_db._breaker import CircuitBreaker
-from wellwon_db._database import Database
-from wellwon_db._pool import DatabasePool
-from wellwon_db._telemetry import record_breaker_transition
+from wellwon_db.config._database import Database
 from wellwon_db.errors import PoolClosedError
+from wellwon_db.pool._pool import DatabasePool
+from wellwon_db.resilience._breaker import CircuitBreaker
+from wellwon_db.telemetry._telemetry import record_breaker_transition
 
 __all__ = ["PoolSlot"]
 

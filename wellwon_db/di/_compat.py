@@ -16,11 +16,11 @@ from typing import Any
 
 import asyncpg
 
-from wellwon_db._client import DatabaseClient
-from wellwon_db._config import get_postgres_config
-from wellwon_db._container import DatabaseContainer, resolve, stop_databases
-from wellwon_db._database import Database
-from wellwon_db._pool import DatabasePool
+from wellwon_db.client._client import DatabaseClient
+from wellwon_db.config._config import get_postgres_config
+from wellwon_db.config._database import Database
+from wellwon_db.di._container import DatabaseContainer, resolve, stop_databases
+from wellwon_db.pool._pool import DatabasePool
 
 __all__ = [
     "close_pools",

@@ -28,11 +28,14 @@ from pathlib import Path
 
 from dependency_injector import providers
 
-from wellwon_db._config import PostgresConfig
-from wellwon_db._config_report import ConfigReport, build_config_report
-from wellwon_db._container import DatabaseContainer, stop_databases
-from wellwon_db._database import Database
-from wellwon_db._health import (
+from wellwon_db.client._slot import PoolSlot
+from wellwon_db.config._config import PostgresConfig
+from wellwon_db.config._database import Database
+from wellwon_db.config._report import ConfigReport, build_config_report
+from wellwon_db.config._settings import DEFAULT_ENV_FILE
+from wellwon_db.di._container import DatabaseContainer, stop_databases
+from wellwon_db.errors import ConfigurationError, DatabaseUnavailableError, WellwonDBError
+from wellwon_db.health._health import (
     HealthReport,
     HealthStatus,
     check_health,
@@ -40,9 +43,6 @@ from wellwon_db._health import (
     redact_secrets,
     secrets_of,
 )
-from wellwon_db._settings import DEFAULT_ENV_FILE
-from wellwon_db._slot import PoolSlot
-from wellwon_db.errors import ConfigurationError, DatabaseUnavailableError, WellwonDBError
 from wellwon_db.testing._server import PostgresNotFoundError
 
 __all__ = ["main", "run_config", "run_health"]
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from wellwon_db._demo import run_demo
+            from wellwon_db.cli._demo import run_demo
 
             asyncio.run(run_demo())
         elif args.command == "health":

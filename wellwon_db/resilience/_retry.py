@@ -35,8 +35,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from wellwon_db._telemetry import record_retry
 from wellwon_db.errors import CircuitOpenError, DatabaseUnavailableError
+from wellwon_db.telemetry._telemetry import record_retry
 
 __all__ = ["RetryConfig", "RetryPolicy", "is_retryable", "is_transaction_retryable"]
 

@@ -39,8 +39,8 @@ from opentelemetry.trace import ProxyTracerProvider, Span, SpanKind, Status, Sta
 from wellwon_db._version import __version__
 
 if TYPE_CHECKING:
-    from wellwon_db._breaker import BreakerTransition
-    from wellwon_db._pool import DatabasePool
+    from wellwon_db.pool._pool import DatabasePool
+    from wellwon_db.resilience._breaker import BreakerTransition
 
 __all__ = ["PoolTelemetry", "describe_query", "record_breaker_transition", "record_retry"]
 

@@ -30,12 +30,12 @@ from typing import Any, TypeAlias, TypeVar
 
 from dependency_injector import containers, providers
 
-from wellwon_db._client import MainDB, ReferenceDB
-from wellwon_db._config import PostgresConfig, get_postgres_config
-from wellwon_db._database import Database
-from wellwon_db._health import HealthChecker
-from wellwon_db._pool import DatabasePool
-from wellwon_db._slot import PoolSlot
+from wellwon_db.client._client import MainDB, ReferenceDB
+from wellwon_db.client._slot import PoolSlot
+from wellwon_db.config._config import PostgresConfig, get_postgres_config
+from wellwon_db.config._database import Database
+from wellwon_db.health._health import HealthChecker
+from wellwon_db.pool._pool import DatabasePool
 
 __all__ = [
     "DatabaseContainer",

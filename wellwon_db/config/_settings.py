@@ -25,8 +25,8 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic import model_validator as _model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from wellwon_db._database import Database
-from wellwon_db._dsn import validate_dsn
+from wellwon_db.config._database import Database
+from wellwon_db.config._dsn import validate_dsn
 from wellwon_db.errors import ConfigurationError
 
 __all__ = [

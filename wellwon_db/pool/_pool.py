@@ -26,12 +26,16 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from wellwon_db import _fork
-from wellwon_db._breaker import CircuitBreaker
-from wellwon_db._config import PoolConfig, TelemetryConfig
-from wellwon_db._database import Database
-from wellwon_db._dsn import redact_dsn
-from wellwon_db._leases import (
+from wellwon_db.config._config import PoolConfig, TelemetryConfig
+from wellwon_db.config._database import Database
+from wellwon_db.config._dsn import redact_dsn
+from wellwon_db.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    PoolClosedError,
+)
+from wellwon_db.pool import _fork
+from wellwon_db.pool._leases import (
     Connection,
     ConnectionInfo,
     PooledConnection,
@@ -40,17 +44,13 @@ from wellwon_db._leases import (
     Turn,
     close_or_terminate,
 )
-from wellwon_db._retry import RetryConfig, RetryPolicy
-from wellwon_db._telemetry import (
+from wellwon_db.resilience._breaker import CircuitBreaker
+from wellwon_db.resilience._retry import RetryConfig, RetryPolicy
+from wellwon_db.telemetry._telemetry import (
     PoolTelemetry,
     record_breaker_transition,
     register_pool,
     unregister_pool,
-)
-from wellwon_db.errors import (
-    ConfigurationError,
-    DatabaseUnavailableError,
-    PoolClosedError,
 )
 
 __all__ = ["Connection", "DatabasePool", "PoolState"]

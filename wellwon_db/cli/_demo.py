@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from wellwon_db._client import MainDB, ReferenceDB
-from wellwon_db._config import PostgresConfig, get_postgres_config
-from wellwon_db._container import DatabaseContainer, database_lifespan
-from wellwon_db._database import Database
+from wellwon_db.client._client import MainDB, ReferenceDB
+from wellwon_db.config._config import PostgresConfig, get_postgres_config
+from wellwon_db.config._database import Database
+from wellwon_db.di._container import DatabaseContainer, database_lifespan
 from wellwon_db.testing._server import PostgresServer
 
 __all__ = ["run_demo"]

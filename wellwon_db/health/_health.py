@@ -31,11 +31,11 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from dependency_injector import containers, providers
 
-from wellwon_db._client import DatabaseClient
-from wellwon_db._config import HealthConfig, PostgresConfig
-from wellwon_db._database import Database
-from wellwon_db._settings import SETTINGS_CLASSES, env_var_name
-from wellwon_db._slot import PoolSlot
+from wellwon_db.client._client import DatabaseClient
+from wellwon_db.client._slot import PoolSlot
+from wellwon_db.config._config import HealthConfig, PostgresConfig
+from wellwon_db.config._database import Database
+from wellwon_db.config._settings import SETTINGS_CLASSES, env_var_name
 from wellwon_db.errors import (
     ConfigurationError,
     DatabaseUnavailableError,

@@ -30,15 +30,15 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
 import asyncpg
 
-from wellwon_db import _fork
-from wellwon_db._config import PoolConfig
-from wellwon_db._database import Database
-from wellwon_db._failures import translate_error
-from wellwon_db._raw import RawConnection
-from wellwon_db._session import SessionEffect
-from wellwon_db._settings import SETTINGS_CLASSES, env_var_name
-from wellwon_db._telemetry import PoolTelemetry
+from wellwon_db.config._config import PoolConfig
+from wellwon_db.config._database import Database
+from wellwon_db.config._settings import SETTINGS_CLASSES, env_var_name
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
+from wellwon_db.pool import _fork
+from wellwon_db.pool._failures import translate_error
+from wellwon_db.pool._raw import RawConnection
+from wellwon_db.pool._session import SessionEffect
+from wellwon_db.telemetry._telemetry import PoolTelemetry
 
 __all__ = [
     "RESET_SQL",
@@ -129,7 +129,7 @@ class ConnectionInfo:
 
 
 class PoolLeases:
-    """Acquire and release for :class:`~wellwon_db._pool.DatabasePool` (its base class).
+    """Acquire and release for :class:`~wellwon_db.pool._pool.DatabasePool` (its base class).
 
     The pool's constructor sets every attribute declared here; ``_connect``
     (open one connection) is the pool's.

@@ -20,10 +20,8 @@ from typing import Literal
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from wellwon_db._breaker import BreakerConfig
-from wellwon_db._database import Database
-from wellwon_db._retry import RetryConfig
-from wellwon_db._settings import (
+from wellwon_db.config._database import Database
+from wellwon_db.config._settings import (
     DEFAULT_ENV_FILE,
     SETTINGS_CLASSES,
     DatabaseSettings,
@@ -34,6 +32,8 @@ from wellwon_db._settings import (
     env_var_names,
 )
 from wellwon_db.errors import ConfigurationError
+from wellwon_db.resilience._breaker import BreakerConfig
+from wellwon_db.resilience._retry import RetryConfig
 
 __all__ = [
     "HealthConfig",

@@ -16,16 +16,16 @@ from typing import Any, Literal, TypeVar, cast
 
 import asyncpg
 
-from wellwon_db._database import Database
-from wellwon_db._failures import translate_error
-from wellwon_db._guarded import record_outcome
-from wellwon_db._pool import Connection, DatabasePool
-from wellwon_db._raw import RawConnection
-from wellwon_db._retry import is_transaction_retryable
-from wellwon_db._session import SessionEffect, session_effect
-from wellwon_db._slot import PoolSlot
-from wellwon_db._telemetry import PoolTelemetry
+from wellwon_db.client._guarded import record_outcome
+from wellwon_db.client._slot import PoolSlot
+from wellwon_db.config._database import Database
 from wellwon_db.errors import DatabaseUnavailableError
+from wellwon_db.pool._failures import translate_error
+from wellwon_db.pool._pool import Connection, DatabasePool
+from wellwon_db.pool._raw import RawConnection
+from wellwon_db.pool._session import SessionEffect, session_effect
+from wellwon_db.resilience._retry import is_transaction_retryable
+from wellwon_db.telemetry._telemetry import PoolTelemetry
 
 __all__ = ["IsolationLevel", "Transaction", "TransactionScope", "run_in_transaction"]
 

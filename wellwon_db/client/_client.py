@@ -16,12 +16,9 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import asyncpg
 
-from wellwon_db._breaker import CircuitBreaker
-from wellwon_db._database import Database
-from wellwon_db._guarded import record_outcome, run_guarded
-from wellwon_db._pool import Connection, DatabasePool
-from wellwon_db._slot import PoolSlot
-from wellwon_db._transaction import (
+from wellwon_db.client._guarded import record_outcome, run_guarded
+from wellwon_db.client._slot import PoolSlot
+from wellwon_db.client._transaction import (
     IsolationLevel,
     Transaction,
     TransactionScope,
@@ -31,7 +28,10 @@ from wellwon_db._transaction import (
     fetchrow_call,
     run_in_transaction,
 )
+from wellwon_db.config._database import Database
 from wellwon_db.errors import ConfigurationError
+from wellwon_db.pool._pool import Connection, DatabasePool
+from wellwon_db.resilience._breaker import CircuitBreaker
 
 __all__ = ["DatabaseClient", "MainDB", "QueryRunner", "ReferenceDB"]
 
