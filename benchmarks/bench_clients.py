@@ -64,6 +64,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from wellwon_db import Database, DatabaseClient, DatabasePool, MainDB, PostgresConfig, ReferenceDB
+from wellwon_db.client._slot import PoolSlot
 from wellwon_db.testing import PostgresServer
 
 Op = Callable[[], Awaitable[Any]]
@@ -230,12 +231,16 @@ class OursClient:
             database,
             config.get_dsn(database),
             replace(config.get_pool_config(database), min_size=size, max_size=size),
-            retry=config.get_retry_config(database),
             telemetry=config.get_telemetry_config(database),
         )
-        pool.breaker.reconfigure(config.get_breaker_config(database))
         await pool.open()
-        db: DatabaseClient = MainDB(pool) if database is Database.MAIN else ReferenceDB(pool)
+        slot = PoolSlot(
+            database,
+            pool,
+            breaker=config.get_breaker_config(database),
+            retry=config.get_retry_config(database),
+        )
+        db: DatabaseClient = MainDB(slot) if database is Database.MAIN else ReferenceDB(slot)
         return cls(pool, db)
 
     def op(self, w: Workload) -> Op:

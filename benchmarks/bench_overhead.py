@@ -32,9 +32,15 @@ from typing import Any
 
 import asyncpg
 
-from wellwon_db import Database, DatabasePool, MainDB, PostgresConfig
-from wellwon_db.resilience._breaker import BreakerConfig, CircuitBreaker
-from wellwon_db.resilience._retry import RetryConfig
+from wellwon_db import (
+    BreakerConfig,
+    Database,
+    DatabasePool,
+    MainDB,
+    PostgresConfig,
+    RetryConfig,
+)
+from wellwon_db.client._slot import PoolSlot
 from wellwon_db.testing import PostgresServer
 
 POOL_SIZE = 20
@@ -86,13 +92,7 @@ async def _clients(dsn: str) -> dict[str, tuple[Any, Callable[[Any, str, Any], Q
     config = replace(base, min_size=POOL_SIZE, max_size=POOL_SIZE)
     ours = DatabasePool(Database.MAIN, dsn, config)
     await ours.open()
-    bare = DatabasePool(
-        Database.MAIN,
-        dsn,
-        config,
-        breaker=CircuitBreaker("main", BreakerConfig(enabled=False)),
-        retry=RetryConfig(attempts=1),
-    )
+    bare = DatabasePool(Database.MAIN, dsn, config)
     await bare.open()
 
     def raw(pool: asyncpg.Pool[Any], sql: str, arg: Any) -> Query:
@@ -106,11 +106,23 @@ async def _clients(dsn: str) -> dict[str, tuple[Any, Callable[[Any, str, Any], Q
             return lambda: db.fetchval(sql)
         return lambda: db.fetchrow(sql, arg)
 
+    def bare_client(pool: DatabasePool, sql: str, arg: Any) -> Query:
+        off = PoolSlot(
+            Database.MAIN,
+            pool,
+            breaker=BreakerConfig(enabled=False),
+            retry=RetryConfig(attempts=1),
+        )
+        db = MainDB(off)
+        if arg is None:
+            return lambda: db.fetchval(sql)
+        return lambda: db.fetchrow(sql, arg)
+
     return {
         "asyncpg (default reset)": (raw_default, raw),
         "asyncpg (no-op reset)": (raw_noop, raw),
         "MainDB (breaker+retry)": (ours, client),
-        "MainDB (breaker/retry off)": (bare, client),
+        "MainDB (breaker/retry off)": (bare, bare_client),
     }
 
 

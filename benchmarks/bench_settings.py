@@ -25,9 +25,16 @@ from dataclasses import replace
 from typing import Any
 
 from benchmarks.bench_overhead import _create_tables, _run, _run_for
-from wellwon_db import Database, DatabasePool, MainDB, PoolConfig, PostgresConfig
-from wellwon_db.resilience._breaker import BreakerConfig, CircuitBreaker
-from wellwon_db.resilience._retry import RetryConfig
+from wellwon_db import (
+    BreakerConfig,
+    Database,
+    DatabasePool,
+    MainDB,
+    PoolConfig,
+    PostgresConfig,
+    RetryConfig,
+)
+from wellwon_db.client._slot import PoolSlot
 from wellwon_db.telemetry._telemetry import PoolTelemetry
 from wellwon_db.testing import PostgresServer
 
@@ -35,12 +42,12 @@ SQL = "SELECT id, name, email FROM bench_users WHERE id = $1"
 
 
 def _variants(base: PoolConfig) -> dict[str, dict[str, Any]]:
-    """Name -> DatabasePool keyword arguments. The first is the baseline."""
+    """Name -> keyword arguments of DatabasePool (and the client's ``breaker``/``retry``)."""
     return {
         "defaults": {"config": base},
         "breaker off (PG_BREAKER_ENABLED=false)": {
             "config": base,
-            "breaker": CircuitBreaker("main", BreakerConfig(enabled=False)),
+            "breaker": BreakerConfig(enabled=False),
         },
         "retries off (PG_RETRY_ATTEMPTS=1)": {"config": base, "retry": RetryConfig(attempts=1)},
         "no command timeout (not settable: a timer per statement)": {
@@ -88,9 +95,12 @@ async def _main(args: argparse.Namespace) -> None:
             max_size=args.pool_size,
         )
         pools = {}
+        slots = {}
         for name, kwargs in _variants(base).items():
             silent = kwargs.pop("no_telemetry", False)
+            breaker, retry = kwargs.pop("breaker", None), kwargs.pop("retry", None)
             pools[name] = pool = DatabasePool(Database.MAIN, dsn, **kwargs)
+            slots[name] = PoolSlot(Database.MAIN, pool, breaker=breaker, retry=retry)
             if silent:
                 pool.telemetry = _NoTelemetry(
                     "main", host=None, port=None, namespace=None, pool_name="bench"
@@ -99,7 +109,7 @@ async def _main(args: argparse.Namespace) -> None:
             await pool.open()
         names = list(pools)
         make = _insert if args.workload == "insert" else _lookup
-        ops = {name: make(MainDB(pool)) for name, pool in pools.items()}
+        ops = {name: make(MainDB(slot)) for name, slot in slots.items()}
         print(
             f"# python {sys.version.split()[0]}, loop={'uvloop' if args.uvloop else 'asyncio'}, "
             f"pool {args.pool_size}, {args.rounds} rounds x {args.duration}s, "

@@ -22,6 +22,7 @@ from wellwon_db import (
     MainDB,
     PoolTimeoutError,
     ReferenceDB,
+    RetryConfig,
     get_postgres_config,
     start_databases,
     stop_databases,
@@ -413,7 +414,7 @@ async def test_refused_connection_is_retried_until_the_link_returns(
 
     await wait_until(pool_saw_the_cut)
     failures: list[float] = []
-    reference.pool.retry.config = type(reference.pool.retry.config)(
+    reference._slot.retry.config = RetryConfig(
         attempts=50, backoff=0.02, backoff_max=0.05, deadline=10
     )
     reference.breaker.disable()  # this test is about the retry policy alone

@@ -26,8 +26,9 @@ from wellwon_db import (
     DatabasePool,
     DatabaseUnavailableError,
     MainDB,
+    RetryConfig,
 )
-from wellwon_db.resilience._retry import RetryConfig
+from wellwon_db.client._slot import PoolSlot
 
 #: The checkout these tests belong to (so a subprocess imports the same wellwon_db).
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,8 +155,8 @@ async def test_unavailable_error_keeps_its_cause_when_retrying_stops_at_once(
     config = pool_config(min_size=1, max_size=2, capacity_check="off", command_timeout=10.0)
     # The first attempt outlasts the retry deadline: the policy re-raises the first error.
     retry = RetryConfig(attempts=3, backoff=0.01, backoff_max=0.01, deadline=0.2)
-    async with DatabasePool(Database.MAIN, db_env.main_dsn, config, retry=retry) as pool:
-        client = MainDB(pool)
+    async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
+        client = MainDB(PoolSlot(Database.MAIN, pool, retry=retry))
         with pytest.raises(DatabaseUnavailableError) as caught:
             await client.fetchval(
                 "SELECT pg_sleep(0.3), pg_terminate_backend(pg_backend_pid())",

@@ -8,6 +8,7 @@ from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
 from wellwon_db.client._transaction import TransactionScope
 from wellwon_db.config._config import PoolConfig, PostgresConfig, get_postgres_config
 from wellwon_db.config._database import Database
+from wellwon_db.config._policies import BreakerConfig, RetryConfig
 from wellwon_db.di._compat import (
     close_pools,
     execute_for_db,
@@ -34,13 +35,7 @@ from wellwon_db.errors import (
 )
 from wellwon_db.health._health import DatabaseHealth, HealthChecker, HealthReport, check_health
 from wellwon_db.pool._pool import DatabasePool, PoolState
-from wellwon_db.resilience._breaker import (
-    BreakerConfig,
-    BreakerState,
-    BreakerTransition,
-    CircuitBreaker,
-)
-from wellwon_db.resilience._retry import RetryConfig
+from wellwon_db.resilience._breaker import BreakerState, BreakerTransition, CircuitBreaker
 
 __all__ = [
     "BreakerConfig",

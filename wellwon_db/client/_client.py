@@ -94,9 +94,7 @@ class DatabaseClient:
     def __init__(self, pool: DatabasePool | PoolSlot) -> None:
         expected = type(self).database_kind
         if isinstance(pool, DatabasePool):
-            slot = PoolSlot(pool.database)
-            slot.pool = pool
-            slot.breaker = pool.breaker
+            slot = PoolSlot(pool.database, pool)
         elif isinstance(pool, PoolSlot):
             slot = pool
         else:
@@ -233,7 +231,7 @@ class DatabaseClient:
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[Connection]:
         pool = self._slot.get()
-        breaker = pool.breaker
+        breaker = self._slot.breaker
         breaker.allow()
         started = time.monotonic()
         try:

@@ -17,7 +17,7 @@ from wellwon_db.client._slot import PoolSlot
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError
 from wellwon_db.pool._failures import is_availability_failure
 from wellwon_db.pool._failures import translate_error as _translate
-from wellwon_db.pool._pool import Connection, DatabasePool
+from wellwon_db.pool._pool import Connection
 from wellwon_db.pool._session import SessionEffect, session_effect
 from wellwon_db.resilience._breaker import CircuitBreaker
 from wellwon_db.resilience._retry import is_retryable
@@ -63,7 +63,7 @@ async def run_guarded(
     telemetry = pool.telemetry
     span = telemetry.start(query, batch=batch)
     started = _monotonic()
-    breaker = pool.breaker
+    breaker = slot.breaker
     try:
         breaker.allow()
     except BaseException as exc:
@@ -74,7 +74,7 @@ async def run_guarded(
     except BaseException as exc:
         record_outcome(breaker, exc, started)
         telemetry.finish(span, query, started, exc, batch=batch)
-        if first and _may_retry(pool, exc, idempotent):
+        if first and _may_retry(slot, exc, idempotent):
             return await _retry(slot, call, query, args, timeout, idempotent, batch, exc, started)
         raise
     effect = SessionEffect.NONE
@@ -94,7 +94,7 @@ async def run_guarded(
         if isinstance(error, DatabaseUnavailableError):
             effect = SessionEffect.BROKEN  # the connection is not to be trusted again
         await pool.release_connection(connection, effect)
-        if first and _may_retry(pool, error, idempotent):
+        if first and _may_retry(slot, error, idempotent):
             if error is not exc:
                 error.__cause__ = exc  # as `raise error from exc`, should it be re-raised
             return await _retry(
@@ -112,10 +112,10 @@ async def run_guarded(
     return result
 
 
-def _may_retry(pool: DatabasePool, error: BaseException, idempotent: bool) -> bool:
+def _may_retry(slot: PoolSlot, error: BaseException, idempotent: bool) -> bool:
     return (
         isinstance(error, DatabaseUnavailableError)
-        and pool.retry.enabled
+        and slot.retry.enabled
         and is_retryable(error, idempotent=idempotent)
     )
 
@@ -131,8 +131,8 @@ async def _retry(
     error: BaseException,
     started: float,
 ) -> _T:
-    """The attempts after a retryable first failure, per the pool's retry policy."""
-    return await slot.get().retry.retry_after(
+    """The attempts after a retryable first failure, per the database's retry policy."""
+    return await slot.retry.retry_after(
         error,
         started,
         lambda: run_guarded(slot, call, query, args, timeout, idempotent, batch, first=False),

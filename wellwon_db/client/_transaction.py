@@ -209,7 +209,7 @@ class Transaction:
         if self._connection is not None:
             raise RuntimeError("a Transaction object can be entered only once")
         pool = self._pool = self._slot.get()
-        breaker = pool.breaker
+        breaker = self._slot.breaker
         self._span = pool.telemetry.start_transaction()
         try:
             breaker.allow()
@@ -260,7 +260,7 @@ class Transaction:
         connection, pool = self._connection, self._pool
         if connection is None or pool is None:
             raise RuntimeError("Transaction.__aexit__ called without __aenter__")
-        breaker = pool.breaker
+        breaker = self._slot.breaker
         if self._scope is not None:
             self._scope._end()  # statements after the block must not reach the pool's connection
         if isinstance(exc, asyncio.CancelledError):
@@ -332,7 +332,7 @@ async def run_in_transaction(
     try:
         return await once()
     except Exception as exc:
-        policy = slot.get().retry
+        policy = slot.retry
         limit = attempts if attempts is not None else policy.config.attempts
         if limit <= 1 or not is_transaction_retryable(exc):
             raise

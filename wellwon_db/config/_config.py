@@ -8,6 +8,7 @@ errors into ``ConfigurationError`` naming the variables to fix.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import os
@@ -21,6 +22,7 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wellwon_db.config._database import Database
+from wellwon_db.config._policies import BreakerConfig, RetryConfig
 from wellwon_db.config._settings import (
     DEFAULT_ENV_FILE,
     SETTINGS_CLASSES,
@@ -32,8 +34,6 @@ from wellwon_db.config._settings import (
     env_var_names,
 )
 from wellwon_db.errors import ConfigurationError
-from wellwon_db.resilience._breaker import BreakerConfig
-from wellwon_db.resilience._retry import RetryConfig
 
 __all__ = [
     "HealthConfig",
@@ -79,6 +79,10 @@ class PoolConfig:
     lease_metrics: bool = False
     configured_min_size: int | None = None
     configured_max_size: int | None = None
+    #: Longest wait (s) between background connect attempts while the server is down.
+    reconnect_backoff_max: float = 2.0
+    #: How messages name the setting behind a field (``pool_max_size`` -> its env variable).
+    setting_names: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> PoolConfig:
@@ -123,6 +127,10 @@ class PoolConfig:
             lease_metrics=settings.pool_lease_metrics,
             configured_min_size=settings.pool_min_size,
             configured_max_size=settings.pool_max_size,
+            setting_names={
+                name: env_var_name(type(settings), name)
+                for name in ("pool_max_size", "pool_timeout_sec", "pool_budget")
+            },
         )
 
 

@@ -36,6 +36,7 @@ from wellwon_db.config._config import PostgresConfig, get_postgres_config
 from wellwon_db.config._database import Database
 from wellwon_db.health._health import HealthChecker
 from wellwon_db.pool._pool import DatabasePool
+from wellwon_db.telemetry._telemetry import register_breaker, unregister_breaker
 
 __all__ = [
     "DatabaseContainer",
@@ -63,20 +64,20 @@ async def open_database_pool(
     """
     if slot.database is not database:
         raise ValueError(f"the {slot.database.value} slot given for the {database.value} pool")
-    slot.breaker.reconfigure(config.get_breaker_config(database))
+    slot.configure(config.get_breaker_config(database), config.get_retry_config(database))
     pool = DatabasePool(
         database,
         config.get_dsn(database),
         config.get_pool_config(database),
-        breaker=slot.breaker,
-        retry=config.get_retry_config(database),
         telemetry=config.get_telemetry_config(database),
     )
     await pool.open()
     slot.pool = pool
+    register_breaker(slot.breaker)
     try:
         yield pool
     finally:
+        unregister_breaker(slot.breaker)
         if slot.pool is pool:
             slot.pool = None
         await pool.close()

@@ -32,7 +32,6 @@ import asyncpg
 
 from wellwon_db.config._config import PoolConfig
 from wellwon_db.config._database import Database
-from wellwon_db.config._settings import SETTINGS_CLASSES, env_var_name
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
 from wellwon_db.pool import _fork
 from wellwon_db.pool._failures import translate_error
@@ -181,7 +180,8 @@ class PoolLeases:
         )
 
     def _env(self, field: str) -> str:
-        return env_var_name(SETTINGS_CLASSES[self._database], field)
+        """The setting that controls ``field``, as named in messages (its env variable)."""
+        return self._config.setting_names.get(field, field)
 
     def _closed_error(self) -> PoolClosedError:
         if self._state is PoolState.NEW or self._state is PoolState.OPENING:

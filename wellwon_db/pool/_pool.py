@@ -44,14 +44,7 @@ from wellwon_db.pool._leases import (
     Turn,
     close_or_terminate,
 )
-from wellwon_db.resilience._breaker import CircuitBreaker
-from wellwon_db.resilience._retry import RetryConfig, RetryPolicy
-from wellwon_db.telemetry._telemetry import (
-    PoolTelemetry,
-    record_breaker_transition,
-    register_pool,
-    unregister_pool,
-)
+from wellwon_db.telemetry._telemetry import PoolTelemetry, register_pool, unregister_pool
 
 __all__ = ["Connection", "DatabasePool", "PoolState"]
 
@@ -89,8 +82,6 @@ class DatabasePool(PoolLeases):
         dsn: str,
         config: PoolConfig,
         *,
-        breaker: CircuitBreaker | None = None,
-        retry: RetryConfig | None = None,
         telemetry: TelemetryConfig | None = None,
     ) -> None:
         if config.database is not database:
@@ -115,11 +106,6 @@ class DatabasePool(PoolLeases):
         self._expiry: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
-        if breaker is None:
-            breaker = CircuitBreaker(database.value)
-            breaker.add_listener(record_breaker_transition)
-        self.breaker = breaker
-        self.retry = RetryPolicy(database.value, retry)
         self._connections: dict[Connection, ConnectionInfo] = {}
         self._fork_generation = _fork.generation
         self._abandoned: list[Connection] = []
@@ -320,7 +306,7 @@ class DatabasePool(PoolLeases):
 
     async def _connect_in_background(self) -> None:
         retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.1, max=self.breaker.config.open_sec),
+            wait=wait_random_exponential(multiplier=0.1, max=self._config.reconnect_backoff_max),
             retry=retry_if_exception_type(Exception),
             before_sleep=self._log_background_failure,
         )

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from wellwon_db.config._policies import BreakerConfig
 from wellwon_db.errors import CircuitOpenError
 
 __all__ = ["BreakerConfig", "BreakerState", "BreakerTransition", "CircuitBreaker"]
@@ -46,21 +47,6 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half_open"
     FORCED_OPEN = "forced_open"
     DISABLED = "disabled"
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerConfig:
-    """Thresholds of one breaker. Rates in percent, durations in seconds."""
-
-    enabled: bool = True
-    failure_rate: float = 50.0
-    min_calls: int = 10
-    window_sec: float = 10.0
-    slow_call_sec: float = 0.0
-    slow_call_rate: float = 100.0
-    open_sec: float = 5.0
-    open_max_sec: float = 60.0
-    half_open_calls: int = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
@@ -35,6 +34,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from wellwon_db.config._policies import RetryConfig
 from wellwon_db.errors import CircuitOpenError, DatabaseUnavailableError
 from wellwon_db.telemetry._telemetry import record_retry
 
@@ -42,16 +42,6 @@ __all__ = ["RetryConfig", "RetryPolicy", "is_retryable", "is_transaction_retryab
 
 logger = logging.getLogger("wellwon_db.retry")
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryConfig:
-    """Attempts (the first included), backoff bounds and total deadline in seconds."""
-
-    attempts: int = 3
-    backoff: float = 0.05
-    backoff_max: float = 2.0
-    deadline: float = 10.0
 
 
 def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:

@@ -28,7 +28,7 @@ import re
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncpg
 from opentelemetry import context as otel_context
@@ -38,11 +38,56 @@ from opentelemetry.trace import ProxyTracerProvider, Span, SpanKind, Status, Sta
 
 from wellwon_db._version import __version__
 
-if TYPE_CHECKING:
-    from wellwon_db.pool._pool import DatabasePool
-    from wellwon_db.resilience._breaker import BreakerTransition
+__all__ = [
+    "ObservedBreaker",
+    "ObservedPool",
+    "PoolTelemetry",
+    "describe_query",
+    "record_breaker_transition",
+    "record_retry",
+    "register_breaker",
+    "register_pool",
+    "unregister_breaker",
+    "unregister_pool",
+]
 
-__all__ = ["PoolTelemetry", "describe_query", "record_breaker_transition", "record_retry"]
+
+class ObservedPool(Protocol):
+    """What the observable instruments read of a pool (telemetry sits below the pool)."""
+
+    @property
+    def telemetry(self) -> PoolTelemetry: ...
+
+    def get_stats(self) -> Any: ...
+
+
+class _State(Protocol):
+    @property
+    def value(self) -> str: ...
+
+
+class ObservedBreaker(Protocol):
+    """What the breaker-state gauge reads of a circuit breaker."""
+
+    @property
+    def database(self) -> str: ...
+
+    @property
+    def state(self) -> _State: ...
+
+
+class ObservedTransition(Protocol):
+    """What the transitions counter reads of one breaker state change."""
+
+    @property
+    def database(self) -> str: ...
+
+    @property
+    def old(self) -> _State: ...
+
+    @property
+    def new(self) -> _State: ...
+
 
 slow_logger = logging.getLogger("wellwon_db.slow")
 
@@ -122,7 +167,9 @@ def _fast_tracing_check() -> bool:
 _tracing_off_fast = _fast_tracing_check
 
 #: Pools alive in this process, read by the observable instruments.
-_pools: weakref.WeakSet[DatabasePool] = weakref.WeakSet()
+_pools: weakref.WeakSet[ObservedPool] = weakref.WeakSet()
+#: Breakers alive in this process, read by the breaker-state gauge.
+_breakers: weakref.WeakSet[ObservedBreaker] = weakref.WeakSet()
 
 _LITERALS = re.compile(
     r"'(?:[^']|'')*'"  # string literals
@@ -343,12 +390,12 @@ class PoolTelemetry:
         _exhaustion.add(1, self._pool_attributes)
 
 
-def register_pool(pool: DatabasePool) -> None:
+def register_pool(pool: ObservedPool) -> None:
     """Make ``pool``'s stats visible to the observable instruments."""
     _pools.add(pool)
 
 
-def unregister_pool(pool: DatabasePool) -> None:
+def unregister_pool(pool: ObservedPool) -> None:
     """Stop observing ``pool``."""
     _pools.discard(pool)
 
@@ -358,7 +405,17 @@ def record_retry(database: str) -> None:
     _retries.add(1, {"wellwon.db.database": database})
 
 
-def record_breaker_transition(transition: BreakerTransition) -> None:
+def register_breaker(breaker: ObservedBreaker) -> None:
+    """Make ``breaker``'s state visible to the breaker-state gauge (while its pool is open)."""
+    _breakers.add(breaker)
+
+
+def unregister_breaker(breaker: ObservedBreaker) -> None:
+    """Stop observing ``breaker``."""
+    _breakers.discard(breaker)
+
+
+def record_breaker_transition(transition: ObservedTransition) -> None:
     """Breaker listener: count the state change."""
     _breaker_transitions.add(
         1,
@@ -396,11 +453,11 @@ _STATES = ("closed", "open", "half_open", "forced_open", "disabled")
 
 
 def _breaker_state(options: CallbackOptions) -> Iterable[Observation]:
-    for pool in list(_pools):
-        state = pool.breaker.state.value
+    for breaker in list(_breakers):
+        state = breaker.state.value
         for candidate in _STATES:
             attributes = {
-                "wellwon.db.database": pool.telemetry.database,
+                "wellwon.db.database": breaker.database,
                 "wellwon.db.breaker.state": candidate,
             }
             yield Observation(1 if candidate == state else 0, attributes)
