@@ -142,8 +142,18 @@ def test_health_with_reference_stopped(
 
 @pytest.mark.slow
 def test_health_without_a_dsn_names_the_variable(servers: Servers, tmp_path: Path) -> None:
+    # An optional database without a DSN is off: listed, not checked, not failing.
     result = run_cli("health", cwd=tmp_path, POSTGRES_DSN=servers.main_dsn)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "reference: not configured (set POSTGRES_REFERENCE_DSN" in result.stdout
 
+    # Required (the seed's behaviour, one setting away): a configuration error naming it.
+    result = run_cli(
+        "health",
+        cwd=tmp_path,
+        POSTGRES_DSN=servers.main_dsn,
+        PG_REFERENCE_STARTUP_DSN_REQUIRED="true",
+    )
     assert result.returncode == EXIT_CONFIG
     assert result.stdout == ""
     assert result.stderr.startswith("wellwon-db: configuration error: ")
@@ -265,12 +275,18 @@ def test_config_json_with_an_explicit_env_file(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_config_without_a_dsn_shows_the_rest_and_names_the_variable(tmp_path: Path) -> None:
+    # Optional: shown unset, not an error.
     result = run_cli("config", cwd=tmp_path, POSTGRES_DSN="postgresql://app@main-db/app")
-
-    assert result.returncode == EXIT_CONFIG
+    assert result.returncode == EXIT_OK, result.stderr
     reference = settings_table(result.stdout, "reference")
     assert reference["POSTGRES_REFERENCE_DSN"] == ("(unset)", "default")
-    assert "set POSTGRES_REFERENCE_DSN" in result.stderr
+
+    # Main's DSN is required by default: shown, then the error naming it.
+    result = run_cli("config", cwd=tmp_path, POSTGRES_REFERENCE_DSN="postgresql://r@ref-db/r")
+    assert result.returncode == EXIT_CONFIG
+    main_table = settings_table(result.stdout, "main")
+    assert main_table["POSTGRES_DSN"] == ("(unset)", "default")
+    assert "set POSTGRES_DSN" in result.stderr
 
 
 def test_help_lists_the_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -81,6 +81,12 @@ async def test_missing_reference_dsn_names_the_variable(
     assert await fetchval_for_db("SELECT 1") == 1  # main unaffected
 
 
-async def test_unknown_database_is_rejected(seed: Servers) -> None:
-    with pytest.raises(ConfigurationError, match="unknown database 'replica'"):
-        await fetchval_for_db("SELECT 1", database="replica")
+async def test_undeclared_database_without_a_dsn_names_its_variable(seed: Servers) -> None:
+    """The seed's promise: "Set POSTGRES_{database.upper()}_DSN in environment"."""
+    with pytest.raises(ConfigurationError, match="set POSTGRES_BILLING_DSN") as caught:
+        await fetchval_for_db("SELECT 1", database="billing")
+    assert caught.value.env_var == "POSTGRES_BILLING_DSN"
+    with pytest.raises(ConfigurationError, match="POSTGRES_BILLING_DSN"):
+        get_postgres_dsn_for_db("billing")
+    with pytest.raises(ConfigurationError, match="not a valid database name"):
+        await fetchval_for_db("SELECT 1", database="no such db")

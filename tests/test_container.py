@@ -159,8 +159,9 @@ async def test_failed_start_leaves_no_pool_open(
 async def test_missing_dsn_fails_start_naming_the_variable(
     app: AppContainer, db_env: Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The seed's behaviour for reference, one setting away: its DSN declared required."""
     monkeypatch.delenv("POSTGRES_REFERENCE_DSN")
-    get_postgres_config.cache_clear()
+    monkeypatch.setenv("PG_REFERENCE_STARTUP_DSN_REQUIRED", "true")
     with pytest.raises(ConfigurationError, match="POSTGRES_REFERENCE_DSN") as caught:
         await start_databases(app.db)
     assert isinstance(caught.value, RuntimeError)

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from wellwon_db import Database, PostgresConfig
-from wellwon_db.config._settings import SETTINGS_CLASSES, env_var_names
+from wellwon_db.config._registry import declared_databases
+from wellwon_db.config._settings import env_var_names, settings_class
 
 EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 
@@ -14,9 +15,10 @@ EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
 def test_every_variable_is_listed() -> None:
     text = EXAMPLE.read_text()
     listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
-    for settings_class in SETTINGS_CLASSES.values():
-        for field in settings_class.model_fields:
-            assert env_var_names(settings_class, field)[0] in listed, field
+    for spec in declared_databases():
+        settings = settings_class(spec)
+        for field in settings.model_fields:
+            assert env_var_names(settings, field)[0] in listed, field
 
 
 def test_loading_it_changes_nothing() -> None:

@@ -24,6 +24,8 @@ WELLWON_DB_ALL = [
     "DatabaseContainer",
     "DatabaseHealth",
     "DatabasePool",
+    "DatabaseProviders",
+    "DatabaseSpec",
     "DatabaseUnavailableError",
     "HealthChecker",
     "HealthReport",
@@ -40,6 +42,8 @@ WELLWON_DB_ALL = [
     "check_health",
     "close_pools",
     "database_lifespan",
+    "database_providers",
+    "declare_database",
     "execute_for_db",
     "fetch_for_db",
     "fetchrow_for_db",
@@ -50,6 +54,7 @@ WELLWON_DB_ALL = [
     "resolve",
     "start_databases",
     "stop_databases",
+    "typed_factory",
 ]
 
 TESTING_ALL = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,12 @@ from wellwon_db import (
     get_postgres_config,
 )
 from wellwon_db.config._dsn import redact_dsn
+from wellwon_db.config._registry import declared_databases
 from wellwon_db.config._settings import (
-    SETTINGS_CLASSES,
     MainDatabaseSettings,
     ReferenceDatabaseSettings,
     env_var_name,
+    settings_class,
 )
 
 MAIN_DSN = "postgresql://app:hunter2@db-main:5432/app"
@@ -107,6 +109,12 @@ PER_DATABASE = [
     ("health_required", "PG_HEALTH_REQUIRED", "PG_REFERENCE_HEALTH_REQUIRED", "false"),
     ("health_timeout_sec", "PG_HEALTH_TIMEOUT_SEC", "PG_REFERENCE_HEALTH_TIMEOUT_SEC", "5"),
     ("startup_required", "PG_STARTUP_REQUIRED", "PG_REFERENCE_STARTUP_REQUIRED", "false"),
+    (
+        "startup_dsn_required",
+        "PG_STARTUP_DSN_REQUIRED",
+        "PG_REFERENCE_STARTUP_DSN_REQUIRED",
+        "",  # a boolean whose default differs per database: see its own test
+    ),
     ("breaker_enabled", "PG_BREAKER_ENABLED", "PG_REFERENCE_BREAKER_ENABLED", "false"),
     (
         "breaker_failure_rate",
@@ -174,10 +182,11 @@ def test_contract_env_names() -> None:
 
 def test_every_field_is_covered_and_documented() -> None:
     fields = {field for field, *_ in PER_DATABASE}
-    for settings_class in SETTINGS_CLASSES.values():
-        assert set(settings_class.model_fields) == fields
-        for name, info in settings_class.model_fields.items():
-            assert info.description, f"{settings_class.__name__}.{name} has no description"
+    for spec in declared_databases():
+        settings = settings_class(spec)
+        assert set(settings.model_fields) == fields
+        for name, info in settings.model_fields.items():
+            assert info.description, f"{settings.__name__}.{name} has no description"
 
 
 def test_defaults() -> None:
@@ -189,7 +198,9 @@ def test_defaults() -> None:
         assert pool.reset == "smart"
 
 
-@pytest.mark.parametrize(("field", "main_var", "ref_var", "value"), PER_DATABASE)
+@pytest.mark.parametrize(
+    ("field", "main_var", "ref_var", "value"), [row for row in PER_DATABASE if row[3]]
+)
 def test_each_variable_changes_only_its_own_database(
     monkeypatch: pytest.MonkeyPatch, field: str, main_var: str, ref_var: str, value: str
 ) -> None:
@@ -244,8 +255,26 @@ def test_dsn_per_database_never_falls_back(monkeypatch: pytest.MonkeyPatch) -> N
 def test_main_command_timeout_pattern_alias(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PG_POOL_COMMAND_TIMEOUT_SEC", "9")
     assert PostgresConfig.load().get_pool_config(Database.MAIN).command_timeout == 9.0
-    monkeypatch.setenv("PG_COMMAND_TIMEOUT_SEC", "8")  # the contract name wins
-    assert PostgresConfig.load().get_pool_config(Database.MAIN).command_timeout == 8.0
+    monkeypatch.setenv("PG_COMMAND_TIMEOUT_SEC", "9")  # both names, one value: fine
+    assert PostgresConfig.load().get_pool_config(Database.MAIN).command_timeout == 9.0
+    monkeypatch.setenv("PG_COMMAND_TIMEOUT_SEC", "8")  # two values: which one was meant?
+    with pytest.raises(ConfigurationError) as caught:
+        PostgresConfig.load()
+    assert "PG_COMMAND_TIMEOUT_SEC=8" in str(caught.value)
+    assert "PG_POOL_COMMAND_TIMEOUT_SEC=9" in str(caught.value)
+
+
+def test_dsn_required_defaults_per_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Main's DSN is required by default, every other database's is not; each one settable."""
+    config = PostgresConfig.load()
+    assert config.settings_for(Database.MAIN).startup_dsn_required is True
+    assert config.settings_for(Database.REFERENCE).startup_dsn_required is False
+    assert config.settings_for("audit").startup_dsn_required is False
+    monkeypatch.setenv("PG_STARTUP_DSN_REQUIRED", "false")
+    monkeypatch.setenv("PG_REFERENCE_STARTUP_DSN_REQUIRED", "true")
+    config = PostgresConfig.load()
+    assert config.settings_for(Database.MAIN).startup_dsn_required is False
+    assert config.settings_for(Database.REFERENCE).startup_dsn_required is True
 
 
 def test_max_alone_pulls_default_min_down(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,7 +332,14 @@ BAD_SETTINGS = [
     ({"POSTGRES_REFERENCE_DSN": "db-ref:5432"}, "POSTGRES_REFERENCE_DSN"),
     ({"POSTGRES_REFERENCE_DSN": "postgresql://u:hunter2@h:70000/db"}, "POSTGRES_REFERENCE_DSN"),
     ({"PG_REFRENCE_POOL_MAX_SIZE": "5"}, "PG_REFRENCE_POOL_MAX_SIZE"),
-    ({"POSTGRES_REPLICA_DSN": MAIN_DSN}, "POSTGRES_REPLICA_DSN"),
+    ({"POSTGRES_REFRENCE_DSN": REF_DSN}, "POSTGRES_REFRENCE_DSN"),
+    ({"PG_POL_MAX_SIZE": "5"}, "PG_POOL_MAX_SIZE"),
+    ({"PG_REFERENCE_POL_MAX_SIZE": "5"}, "PG_REFERENCE_POOL_MAX_SIZE"),
+    ({"POSTGRES_MAIN_DSN": MAIN_DSN}, "POSTGRES_MAIN_DSN"),
+    ({"PG_MAIN_POOL_MAX_SIZE": "5"}, "PG_POOL_MAX_SIZE"),
+    ({"POSTGRES_AUDIT_DSN": MAIN_DSN, "PG_AUDIT_POOL_MAX_SZE": "5"}, "PG_AUDIT_POOL_MAX_SIZE"),
+    ({"PG_AUDIT_BREAKER_ENABLE": "1"}, "PG_AUDIT_BREAKER_ENABLED"),
+    ({"POSTGRES_DSN": "postgresql://app:p@ss@db-main:5432/app"}, "POSTGRES_DSN"),
     ({"PG_POOL_MAX_SZE": "5"}, "PG_POOL_MAX_SIZE"),
     ({"PG_REFERENCE_POOL_MINSIZE": "5"}, "PG_REFERENCE_POOL_MIN_SIZE"),
     ({"PG_BREAKER_FAILURE_RATE": "0"}, "PG_BREAKER_FAILURE_RATE"),
@@ -348,12 +384,31 @@ def test_bad_setting_in_env_file_names_the_variable(tmp_path: Path) -> None:
         get_postgres_config()
 
 
-def test_unknown_database_name() -> None:
+def test_any_database_name_gets_its_own_settings() -> None:
     config = PostgresConfig.load()
-    with pytest.raises(ConfigurationError, match=r"unknown database 'replica'.*main, reference"):
-        config.get_pool_config("replica")
-    with pytest.raises(ConfigurationError, match="unknown database"):
-        config.get_dsn("")
+    billing = config.get_pool_config("billing")
+    assert (billing.database, billing.application_name) == ("billing", "wellwon_db:billing")
+    with pytest.raises(ConfigurationError, match="POSTGRES_BILLING_DSN"):
+        config.get_dsn("billing")
+    for bad in ("", "Bad-Name", "9lives", "pool", "x__y", "audit_pool"):
+        with pytest.raises(ConfigurationError, match="not a valid database name"):
+            config.get_dsn(bad)
+
+
+def test_variables_of_an_undeclared_database_are_not_fatal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``POSTGRES_<X>_DSN`` set for another tool must not take the service down."""
+    monkeypatch.setenv("POSTGRES_AUDIT_DSN", "mysql://for-another-tool/x")  # not even ours
+    monkeypatch.setenv("POSTGRES_REPLICA_DSN", MAIN_DSN)
+    monkeypatch.setenv("PG_REPLICA_POOL_MAX_SIZE", "7")
+    config = PostgresConfig.load()  # loads: undeclared databases are validated when used
+    assert config.get_pool_config(Database.MAIN).max_size == 50
+    assert "audit" in config.databases
+    assert config.get_pool_config("replica").max_size == 7
+    assert config.get_dsn("replica") == MAIN_DSN
+    with pytest.raises(ConfigurationError, match="POSTGRES_AUDIT_DSN must be a postgresql://"):
+        config.get_dsn("audit")
 
 
 def test_unrelated_postgres_variables_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -367,7 +422,7 @@ def test_secrets_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTGRES_DSN", MAIN_DSN)
     monkeypatch.setenv("POSTGRES_REFERENCE_DSN", REF_DSN)
     config = PostgresConfig.load()
-    for text in (repr(config), str(config), repr(config.main), config.model_dump_json()):
+    for text in (repr(config), str(config), repr(config.main), json.dumps(config.to_dict())):
         assert "hunter2" not in text
         assert "swordfish" not in text
     assert redact_dsn(MAIN_DSN) == "postgresql://app:***@db-main:5432/app"

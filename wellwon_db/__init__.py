@@ -1,14 +1,16 @@
 """Typed, resilient access to several PostgreSQL databases, as a dependency-injector container.
 
-Public names only; the implementation lives in private modules.
+Public names only; the implementation lives in private modules, grouped by
+layer (``config``, ``telemetry``, ``pool``, ``resilience``, ``client``,
+``health``, ``di``, ``cli``; see docs/architecture.md).
 """
 
 from wellwon_db._version import __version__ as __version__
 from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
 from wellwon_db.client._transaction import TransactionScope
-from wellwon_db.config._config import PoolConfig, PostgresConfig, get_postgres_config
-from wellwon_db.config._database import Database
-from wellwon_db.config._policies import BreakerConfig, RetryConfig
+from wellwon_db.config._config import PostgresConfig, get_postgres_config
+from wellwon_db.config._policies import BreakerConfig, PoolConfig, RetryConfig
+from wellwon_db.config._registry import Database, DatabaseSpec, declare_database
 from wellwon_db.di._compat import (
     close_pools,
     execute_for_db,
@@ -20,11 +22,14 @@ from wellwon_db.di._compat import (
 )
 from wellwon_db.di._container import (
     DatabaseContainer,
+    check_health,
     database_lifespan,
     resolve,
     start_databases,
     stop_databases,
 )
+from wellwon_db.di._providers import DatabaseProviders, database_providers
+from wellwon_db.di._typed import typed_factory
 from wellwon_db.errors import (
     CircuitOpenError,
     ConfigurationError,
@@ -33,7 +38,7 @@ from wellwon_db.errors import (
     PoolTimeoutError,
     WellwonDBError,
 )
-from wellwon_db.health._health import DatabaseHealth, HealthChecker, HealthReport, check_health
+from wellwon_db.health._health import DatabaseHealth, HealthChecker, HealthReport
 from wellwon_db.pool._pool import DatabasePool, PoolState
 from wellwon_db.resilience._breaker import BreakerState, BreakerTransition, CircuitBreaker
 
@@ -49,6 +54,8 @@ __all__ = [
     "DatabaseContainer",
     "DatabaseHealth",
     "DatabasePool",
+    "DatabaseProviders",
+    "DatabaseSpec",
     "DatabaseUnavailableError",
     "HealthChecker",
     "HealthReport",
@@ -65,6 +72,8 @@ __all__ = [
     "check_health",
     "close_pools",
     "database_lifespan",
+    "database_providers",
+    "declare_database",
     "execute_for_db",
     "fetch_for_db",
     "fetchrow_for_db",
@@ -75,4 +84,5 @@ __all__ = [
     "resolve",
     "start_databases",
     "stop_databases",
+    "typed_factory",
 ]

@@ -28,17 +28,16 @@ from pathlib import Path
 
 from dependency_injector import providers
 
-from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._config import PostgresConfig
-from wellwon_db.config._database import Database
+from wellwon_db.config._registry import DatabaseName, is_declared
 from wellwon_db.config._report import ConfigReport, build_config_report
 from wellwon_db.config._settings import DEFAULT_ENV_FILE
-from wellwon_db.di._container import DatabaseContainer, stop_databases
+from wellwon_db.di._container import DatabaseContainer, check_health, stop_databases
+from wellwon_db.di._providers import database_members, ensure_database
 from wellwon_db.errors import ConfigurationError, DatabaseUnavailableError, WellwonDBError
 from wellwon_db.health._health import (
     HealthReport,
     HealthStatus,
-    check_health,
     describe_error,
     redact_secrets,
     secrets_of,
@@ -161,18 +160,22 @@ def _env_file(option: str | None) -> Path:
 async def run_health(
     env_file: str | Path | None, *, as_json: bool, out: Callable[[str], None] = print
 ) -> int:
-    """``wellwon-db health``: check every database once; return 0 ok, 1 degraded, 2 down.
+    """``wellwon-db health``: check every configured database once; 0 ok, 1 degraded, 2 down.
 
-    Each pool is opened on its own with one connection, connect and acquire
-    timeouts no longer than the database's health timeout, and no retries: a
-    database that cannot be opened is reported down, with the reason.
-    Raises ``ConfigurationError`` for a missing DSN or a malformed setting.
+    The databases are the declared ones and any other that a
+    ``POSTGRES_<NAME>_DSN`` variable names. Each pool is opened on its own with
+    one connection, connect and acquire timeouts no longer than the
+    database's health timeout, and no retries: a database that cannot be
+    opened is reported down, with the reason. A database without a DSN is
+    listed as not configured unless its DSN is required. Raises
+    ``ConfigurationError`` for a required DSN that is unset or a malformed setting.
     """
     config = PostgresConfig.load(env_file=env_file)
-    for database in Database:
-        config.get_dsn(database)  # ConfigurationError naming the variable when unset
+    databases = _databases_to_check(config)
     container = DatabaseContainer()
-    container.config.override(providers.Object(_one_probe_config(config)))
+    for name in databases:
+        ensure_database(container, name)
+    container.config.override(providers.Object(_one_probe_config(config, databases)))
     secrets = secrets_of(config)
     try:
         open_errors = await _open_each_pool(container, secrets)
@@ -183,31 +186,45 @@ async def run_health(
     return _HEALTH_EXIT[report.status]
 
 
-def _one_probe_config(config: PostgresConfig) -> PostgresConfig:
+def _databases_to_check(config: PostgresConfig) -> list[DatabaseName]:
+    """The declared databases and those the environment names with a DSN.
+
+    A required database without a DSN raises ``ConfigurationError``; an
+    undeclared one with invalid settings too (naming the variable).
+    """
+    names: list[DatabaseName] = []
+    for name in config.databases:
+        settings = config.settings_for(name)
+        if settings.dsn is None and settings.startup_dsn_required:
+            raise config.missing_dsn_error(name)
+        if settings.dsn is not None or is_declared(name):
+            names.append(name)
+    return names
+
+
+def _one_probe_config(config: PostgresConfig, databases: list[DatabaseName]) -> PostgresConfig:
     """``config`` cut down for one probe per database: one connection, short timeouts."""
-    sections = {}
-    for database in Database:
+    for database in databases:
         settings = config.settings_for(database)
         timeout = settings.health_timeout_sec
-        sections[database.value] = settings.model_copy(
-            update={
-                "pool_min_size": 1,
-                "pool_max_size": 1,
-                "pool_connect_timeout_sec": min(settings.pool_connect_timeout_sec, timeout),
-                "pool_timeout_sec": min(settings.pool_timeout_sec, timeout),
-                "startup_wait_sec": 0.0,
-                "startup_required": True,
-                "retry_attempts": 1,
-            }
+        config = config.replace(
+            database,
+            pool_min_size=1,
+            pool_max_size=1,
+            pool_connect_timeout_sec=min(settings.pool_connect_timeout_sec, timeout),
+            pool_timeout_sec=min(settings.pool_timeout_sec, timeout),
+            startup_wait_sec=0.0,
+            startup_required=True,
+            retry_attempts=1,
         )
-    return config.model_copy(update=sections)
+    return config
 
 
 async def _open_each_pool(container: DatabaseContainer, secrets: list[str]) -> dict[str, str]:
     """Open every pool concurrently; return why each one that failed did (secrets redacted)."""
+    members = database_members(container)
 
-    async def open_one(database: Database) -> str | None:
-        resource = getattr(container, f"{database.value}_pool")
+    async def open_one(resource: providers.Resource[object]) -> str | None:
         try:
             result = resource.init()
             if inspect.isawaitable(result):
@@ -216,17 +233,17 @@ async def _open_each_pool(container: DatabaseContainer, secrets: list[str]) -> d
             return redact_secrets(describe_error(exc), secrets)
         return None
 
-    errors = await asyncio.gather(*(open_one(database) for database in Database))
+    errors = await asyncio.gather(*(open_one(member.pool) for member in members))
     return {
-        database.value: error
-        for database, error in zip(Database, errors, strict=True)
+        str(member.name): error
+        for member, error in zip(members, errors, strict=True)
         if error is not None
     }
 
 
 async def _close_quickly(container: DatabaseContainer) -> None:
     """Close every pool, terminating within a second connections a timed-out probe still holds."""
-    slots: list[PoolSlot] = [getattr(container, f"{db.value}_slot")() for db in Database]
+    slots = [member.slot() for member in database_members(container)]
     await asyncio.gather(
         *(slot.pool.close(timeout=_CLOSE_TIMEOUT) for slot in slots if slot.pool is not None)
     )
@@ -271,9 +288,14 @@ def format_health(report: HealthReport) -> str:
                 health.error or "",
             )
         )
-    return "\n".join(
-        [f"overall: {report.status} (checked at {report.checked_at})", "", *_table(headers, rows)]
-    )
+    lines = [
+        f"overall: {report.status} (checked at {report.checked_at})",
+        "",
+        *_table(headers, rows),
+    ]
+    for name, variable in report.unconfigured.items():
+        lines.append(f"{name}: not configured (set {variable} to turn it on)")
+    return "\n".join(lines)
 
 
 # -- config ---------------------------------------------------------------------
@@ -290,12 +312,11 @@ def run_config(
     config = PostgresConfig.load(env_file=env_file)
     report = build_config_report(config, env_file)
     out(json.dumps(report.to_dict(), indent=2) if as_json else format_config(report))
-    missing = []
-    for database in Database:
-        try:
-            config.get_dsn(database)
-        except ConfigurationError as exc:
-            missing.append(exc)
+    missing = [ConfigurationError(error) for error in report.errors.values()]
+    for database in report.databases:
+        settings = config.settings_for(database)
+        if settings.dsn is None and settings.startup_dsn_required:
+            missing.append(config.missing_dsn_error(database))
     if missing:
         raise ConfigurationError(
             "\n".join(str(exc) for exc in missing), env_var=missing[0].env_var
@@ -306,6 +327,12 @@ def run_config(
 def format_config(report: ConfigReport) -> str:
     """The report as the ``config`` command prints it: a table per database."""
     lines = [f"env file: {report.env_file or 'none'}"]
+    for name, error in report.errors.items():
+        lines += [
+            "",
+            f"{name} database: invalid settings",
+            *(f"  {line.strip()}" for line in error.splitlines()[1:] or [error]),
+        ]
     for name, settings in report.databases.items():
         rows = [(setting.variable, _shown(setting.value), setting.source) for setting in settings]
         lines += ["", f"{name} database", *_table(("variable", "value", "source"), rows, "  ")]

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from wellwon_db.client._client import MainDB, ReferenceDB
-from wellwon_db.config._config import PostgresConfig, get_postgres_config
-from wellwon_db.config._database import Database
+from wellwon_db.config._config import PostgresConfig
 from wellwon_db.di._container import DatabaseContainer, database_lifespan
 from wellwon_db.testing._server import PostgresServer
 
 __all__ = ["run_demo"]
 
-_DEMO_ENV = {
-    "PG_POOL_MIN_SIZE": "4",
-    "PG_POOL_MAX_SIZE": "8",
-    "PG_REFERENCE_POOL_MIN_SIZE": "2",
-    "PG_REFERENCE_POOL_MAX_SIZE": "3",
-    "PG_REFERENCE_POOL_COMMAND_TIMEOUT_SEC": "5",
+#: The demo's settings, given in code (they win over the environment).
+_DEMO_SETTINGS = {
+    "main": {"pool_min_size": 4, "pool_max_size": 8},
+    "reference": {"pool_min_size": 2, "pool_max_size": 3, "pool_command_timeout_sec": 5},
 }
 
 
@@ -34,30 +30,25 @@ async def run_demo(out: Callable[[str], None] = print) -> None:
         ref_dsn = ref_server.create_database("wellwon_reference")
         out(f"  main      on {main_server.host}:{main_server.port}")
         out(f"  reference on {ref_server.host}:{ref_server.port}")
-        saved = {key: os.environ.get(key) for key in [*_DEMO_ENV, "POSTGRES_DSN"]}
-        saved["POSTGRES_REFERENCE_DSN"] = os.environ.get("POSTGRES_REFERENCE_DSN")
-        os.environ.update(_DEMO_ENV, POSTGRES_DSN=main_dsn, POSTGRES_REFERENCE_DSN=ref_dsn)
-        get_postgres_config.cache_clear()
-        try:
-            await _tour(DatabaseContainer(), out)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-            get_postgres_config.cache_clear()
+        container = DatabaseContainer()
+        container.settings.from_dict(
+            {
+                "main": {**_DEMO_SETTINGS["main"], "dsn": main_dsn},
+                "reference": {**_DEMO_SETTINGS["reference"], "dsn": ref_dsn},
+            }
+        )
+        await _tour(container, out)
         out("stopping the servers ...")
     out("done: every pool closed, both servers stopped and deleted.")
 
 
 async def _tour(container: DatabaseContainer, out: Callable[[str], None]) -> None:
     config: PostgresConfig = container.config()
-    out("\nsettings from the environment (each database its own):")
-    for database in Database:
+    out("\nsettings from code over the environment (each database its own):")
+    for database in config.databases:
         pool = config.get_pool_config(database)
         out(
-            f"  {database.value:<9} min_size={pool.min_size} max_size={pool.max_size} "
+            f"  {database:<9} min_size={pool.min_size} max_size={pool.max_size} "
             f"timeout={pool.timeout:g}s command_timeout={pool.command_timeout:g}s "
             f"application_name={pool.application_name}"
         )

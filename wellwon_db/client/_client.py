@@ -28,7 +28,17 @@ from wellwon_db.client._transaction import (
     fetchrow_call,
     run_in_transaction,
 )
-from wellwon_db.config._database import Database
+from wellwon_db.config._registry import (
+    MAIN,
+    REFERENCE,
+    Database,
+    DatabaseName,
+    DatabaseSpec,
+    declare_database,
+    is_declared,
+    register_client,
+    spec_for,
+)
 from wellwon_db.errors import ConfigurationError
 from wellwon_db.pool._pool import Connection, DatabasePool
 from wellwon_db.resilience._breaker import CircuitBreaker
@@ -84,15 +94,38 @@ class DatabaseClient:
     A call that failed before reaching the server is retried per the
     database's retry settings; ``idempotent=True`` allows retrying a call
     whose statement may already have run.
+
+    A subclass names the database it is for, which declares that database
+    (see ``wellwon_db.declare_database``)::
+
+        class AuditDB(DatabaseClient, database="audit"):
+            ...
+
+    An instance then accepts only that database's pool.
     """
 
-    #: The database a subclass is bound to; ``None`` accepts any pool.
-    database_kind: ClassVar[Database | None] = None
+    #: The database a subclass is bound to; ``None`` (this class) accepts any pool.
+    spec: ClassVar[DatabaseSpec | None] = None
 
     __slots__ = ("_database", "_slot")
 
+    def __init_subclass__(
+        cls, *, database: Database | str | DatabaseSpec | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if database is None:
+            return  # a subclass of a typed client keeps its database
+        if isinstance(database, DatabaseSpec):
+            spec = database
+        elif is_declared(database):
+            spec = spec_for(database)
+        else:
+            spec = declare_database(database)
+        cls.spec = spec
+        register_client(spec, cls)
+
     def __init__(self, pool: DatabasePool | PoolSlot) -> None:
-        expected = type(self).database_kind
+        expected = type(self).spec
         if isinstance(pool, DatabasePool):
             slot = PoolSlot(pool.database, pool)
         elif isinstance(pool, PoolSlot):
@@ -103,21 +136,21 @@ class DatabaseClient:
                 f"{type(pool).__name__}; in tests, override the client with a "
                 "wellwon_db.testing fake instead"
             )
-        if expected is not None and slot.database is not expected:
+        if expected is not None and slot.database != expected.name:
             raise ConfigurationError(
-                f"{type(self).__name__} is for the {expected.value} database but was given "
-                f"the {slot.database.value} pool; check the container's providers"
+                f"{type(self).__name__} is for the {expected.name} database but was given "
+                f"the {slot.database} pool; check the container's providers"
             )
         self._slot = slot
         self._database = slot.database
 
     def __repr__(self) -> str:
-        target = self._slot.pool or f"{self._database.value} (not open)"
+        target = self._slot.pool or f"{self._database} (not open)"
         return f"<{type(self).__name__} {target!r}>"
 
     @property
-    def database(self) -> Database:
-        """The logical database this client queries."""
+    def database(self) -> DatabaseName:
+        """The database this client queries (a ``Database`` member for the built-in ones)."""
         return self._database
 
     @property
@@ -244,15 +277,13 @@ class DatabaseClient:
             yield lent
 
 
-class MainDB(DatabaseClient):
+class MainDB(DatabaseClient, database=MAIN):
     """Client of the main database."""
 
     __slots__ = ()
-    database_kind: ClassVar[Database | None] = Database.MAIN
 
 
-class ReferenceDB(DatabaseClient):
+class ReferenceDB(DatabaseClient, database=REFERENCE):
     """Client of the reference database (slowly changing lookup data)."""
 
     __slots__ = ()
-    database_kind: ClassVar[Database | None] = Database.REFERENCE

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from wellwon_db.config._database import Database
 from wellwon_db.config._policies import BreakerConfig, RetryConfig
-from wellwon_db.errors import PoolClosedError
+from wellwon_db.config._registry import Database, DatabaseName, database_name
+from wellwon_db.errors import ConfigurationError, PoolClosedError
 from wellwon_db.pool._pool import DatabasePool
 from wellwon_db.resilience._breaker import CircuitBreaker
 from wellwon_db.resilience._retry import RetryPolicy
@@ -21,41 +21,52 @@ class PoolSlot:
     pool is open. The slot also keeps the database's circuit breaker (which
     outlives pools, so listeners stay attached) and its retry policy; the pool
     knows of neither.
+
+    ``unconfigured`` is set while the container runs without this database
+    (its DSN is unset and it is optional): calls raise it.
     """
 
-    __slots__ = ("breaker", "database", "pool", "retry")
+    __slots__ = ("breaker", "database", "pool", "retry", "unconfigured")
 
     def __init__(
         self,
-        database: Database,
+        database: Database | str,
         pool: DatabasePool | None = None,
         *,
         breaker: BreakerConfig | None = None,
         retry: RetryConfig | None = None,
     ) -> None:
-        self.database = database
+        self.database: DatabaseName = database_name(database)
         self.pool = pool
-        self.breaker = CircuitBreaker(database.value, breaker)
+        self.unconfigured: ConfigurationError | None = None
+        self.breaker = CircuitBreaker(str(self.database), breaker)
         self.breaker.add_listener(record_breaker_transition)
-        self.retry = RetryPolicy(database.value, retry)
+        self.retry = RetryPolicy(str(self.database), retry)
 
     def __repr__(self) -> str:
-        return f"<PoolSlot {self.database.value} {self.pool!r}>"
+        return f"<PoolSlot {self.database} {self.pool!r}>"
 
     def configure(self, breaker: BreakerConfig, retry: RetryConfig) -> None:
         """Apply new breaker thresholds (the breaker starts closed again) and retry settings."""
         self.breaker.reconfigure(breaker)
-        self.retry = RetryPolicy(self.database.value, retry)
+        self.retry = RetryPolicy(str(self.database), retry)
 
     def get(self) -> DatabasePool:
-        """The open pool; ``PoolClosedError`` saying how to start it when there is none."""
+        """The open pool.
+
+        Raises ``ConfigurationError`` naming the DSN variable when the
+        container runs without this database, else ``PoolClosedError`` saying
+        how to start it when no pool is open.
+        """
         pool = self.pool
         if pool is None:
+            if self.unconfigured is not None:
+                raise self.unconfigured
             raise PoolClosedError(
-                f"the {self.database.value} database pool is not open: start it with "
+                f"the {self.database} database pool is not open: start it with "
                 "`await wellwon_db.start_databases(container)` (or `database_lifespan`) "
                 "before using the client; after stop_databases() the client works again "
                 "once the pools are started",
-                database=self.database.value,
+                database=str(self.database),
             )
         return pool

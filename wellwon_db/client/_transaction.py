@@ -18,7 +18,7 @@ import asyncpg
 
 from wellwon_db.client._guarded import record_outcome
 from wellwon_db.client._slot import PoolSlot
-from wellwon_db.config._database import Database
+from wellwon_db.config._registry import DatabaseName
 from wellwon_db.errors import DatabaseUnavailableError
 from wellwon_db.pool._failures import translate_error
 from wellwon_db.pool._pool import Connection, DatabasePool
@@ -68,7 +68,7 @@ class TransactionScope:
     def __init__(
         self,
         connection: Connection,
-        database: Database,
+        database: DatabaseName,
         owner: Transaction,
         telemetry: PoolTelemetry | None = None,
     ) -> None:
@@ -309,7 +309,7 @@ class Transaction:
         await pool.release_connection(connection, self.effect)
 
     def __repr__(self) -> str:
-        return f"<Transaction {self._slot.database.value} options={self._options}>"
+        return f"<Transaction {self._slot.database} options={self._options}>"
 
 
 async def run_in_transaction(

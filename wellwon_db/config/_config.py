@@ -1,206 +1,209 @@
-"""The settings of every database together: loading, validation, derived configs.
+"""The settings of every database together: from the environment, a ``.env`` file or code.
 
-:class:`PostgresConfig` reads each database's settings class (see
-``_settings.py``) from the environment and ``.env``, rejects unknown
-variables in our namespace (typos, unknown databases), and turns pydantic's
-errors into ``ConfigurationError`` naming the variables to fix.
+:class:`PostgresConfig` holds one validated settings object per database
+(``_settings.py``). Built from the environment (:meth:`PostgresConfig.load`),
+it first rejects typos in our namespace (``_environment.py``); built from
+code (a mapping, keyword arguments, dependency-injector's
+``providers.Configuration``) it rejects unknown keys. Either way pydantic's
+errors become ``ConfigurationError`` naming each variable (and key) to fix,
+in the same words.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
-import os
-import re
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Protocol
 
-from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from wellwon_db.config._database import Database
-from wellwon_db.config._policies import BreakerConfig, RetryConfig
+from wellwon_db.config._environment import check_variables, read_environment
+from wellwon_db.config._policies import (
+    BreakerConfig,
+    HealthConfig,
+    PoolConfig,
+    RetryConfig,
+    TelemetryConfig,
+)
+from wellwon_db.config._registry import (
+    Database,
+    DatabaseName,
+    DatabaseSpec,
+    database_name,
+    declared_databases,
+    spec_for,
+)
 from wellwon_db.config._settings import (
     DEFAULT_ENV_FILE,
-    SETTINGS_CLASSES,
     DatabaseSettings,
-    MainDatabaseSettings,
-    ReferenceDatabaseSettings,
-    ResetPolicy,
     env_var_name,
     env_var_names,
+    settings_class,
 )
 from wellwon_db.errors import ConfigurationError
 
-__all__ = [
-    "HealthConfig",
-    "PoolConfig",
-    "PostgresConfig",
-    "TelemetryConfig",
-    "get_postgres_config",
-]
+__all__ = ["PostgresConfig", "get_postgres_config"]
 
 
-@dataclass(frozen=True, slots=True)
-class PoolConfig:
-    """The effective pool settings of one database (of this worker). Durations in seconds.
+class _ConfigurationLike(Protocol):
+    """What :meth:`PostgresConfig.from_configuration` needs: ``providers.Configuration``."""
 
-    ``max_inactive_lifetime`` and ``max_lifetime`` of 0 mean no limit. With a
-    connection ``budget``, ``min_size``/``max_size`` are this worker's share
-    (``budget // workers``), never above the explicit settings, which stay
-    in ``configured_min_size``/``configured_max_size``.
+    def __call__(self) -> Any: ...
+
+
+class PostgresConfig:
+    """The validated settings of every database, and what each layer derives from them.
+
+    Build it with :meth:`load` (the environment and ``.env``, optionally
+    with values from code over them), or from code alone:
+    ``PostgresConfig({"main": {"dsn": ..., "pool_max_size": 5}})``,
+    ``PostgresConfig(main={"dsn": ...})``, :meth:`from_mapping` or
+    :meth:`from_configuration`. Keys are database names, values map field
+    names (``dsn``, ``pool_max_size``, ...: the variable's name after its
+    prefix, lower-cased) to values.
+
+    Every declared database has settings, configured or not; any other
+    database name gets its settings on first use (from the same sources).
+    Immutable.
     """
 
-    database: Database
-    min_size: int
-    max_size: int
-    timeout: float
-    command_timeout: float
-    connect_timeout: float
-    max_inactive_lifetime: float
-    max_lifetime: float
-    validation_idle: float
-    max_queries: int
-    statement_cache_size: int
-    application_name: str
-    reset: ResetPolicy
-    startup_wait: float = 0.0
-    startup_required: bool = True
-    exhaustion_warn: float = 5.0
-    exhaustion_utilisation: float = 90.0
-    workers: int = 1
-    budget: int = 0
-    capacity_check: Literal["warn", "refuse", "off"] = "warn"
-    drain_timeout: float = 10.0
-    pgbouncer: bool = False
-    lease_metrics: bool = False
-    configured_min_size: int | None = None
-    configured_max_size: int | None = None
-    #: Longest wait (s) between background connect attempts while the server is down.
-    reconnect_backoff_max: float = 2.0
-    #: How messages name the setting behind a field (``pool_max_size`` -> its env variable).
-    setting_names: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    __slots__ = ("_env_file", "_from_env", "_lock", "_named", "_sections", "_values")
 
-    @classmethod
-    def from_settings(cls, settings: DatabaseSettings) -> PoolConfig:
-        """Build from one database's settings (and ``WEB_CONCURRENCY`` for the workers)."""
-        workers = settings.pool_workers or _web_concurrency()
-        max_size, min_size = settings.pool_max_size, settings.pool_min_size
-        if settings.pool_budget:
-            share = settings.pool_budget // workers
-            if share < 1:
-                budget_var = env_var_name(type(settings), "pool_budget")
+    def __init__(
+        self,
+        databases: Mapping[str, Mapping[str, Any] | DatabaseSettings] | None = None,
+        /,
+        **sections: Mapping[str, Any] | DatabaseSettings,
+    ) -> None:
+        values = {**(databases or {}), **sections}
+        self._from_env = False
+        self._env_file: str | Path | None = None
+        self._named: tuple[DatabaseName, ...] = ()
+        self._lock = threading.Lock()
+        self._values: dict[str, Mapping[str, Any]] = {}
+        self._sections: dict[str, DatabaseSettings] = {}
+        for key, value in values.items():
+            name = database_name(key)
+            if isinstance(value, DatabaseSettings):
+                self._sections[str(name)] = value
+            elif isinstance(value, Mapping):
+                self._values[str(name)] = value
+            else:
                 raise ConfigurationError(
-                    f"{budget_var}={settings.pool_budget} gives each of {workers} workers no "
-                    f"connection to the {settings.database.value} database; raise "
-                    f"{budget_var} to at least {workers} or run fewer workers",
-                    env_var=budget_var,
+                    f"the settings of the {name} database must be a mapping of setting names "
+                    f"to values, got {type(value).__name__}"
                 )
-            max_size = min(max_size, share)
-            min_size = min(min_size, max_size)
-        return cls(
-            database=settings.database,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=settings.pool_timeout_sec,
-            command_timeout=settings.pool_command_timeout_sec,
-            connect_timeout=settings.pool_connect_timeout_sec,
-            max_inactive_lifetime=settings.pool_max_inactive_lifetime_sec,
-            max_lifetime=settings.pool_max_lifetime_sec,
-            validation_idle=settings.pool_validation_idle_sec,
-            max_queries=settings.pool_max_queries,
-            statement_cache_size=settings.pool_statement_cache_size,
-            application_name=settings.application_name,
-            reset=settings.pool_reset,
-            startup_wait=settings.startup_wait_sec,
-            startup_required=settings.startup_required,
-            exhaustion_warn=settings.pool_exhaustion_warn_sec,
-            exhaustion_utilisation=settings.pool_exhaustion_utilisation,
-            workers=workers,
-            budget=settings.pool_budget,
-            capacity_check=settings.pool_capacity_check,
-            drain_timeout=settings.pool_drain_timeout_sec,
-            pgbouncer=settings.pool_pgbouncer,
-            lease_metrics=settings.pool_lease_metrics,
-            configured_min_size=settings.pool_min_size,
-            configured_max_size=settings.pool_max_size,
-            setting_names={
-                name: env_var_name(type(settings), name)
-                for name in ("pool_max_size", "pool_timeout_sec", "pool_budget")
-            },
-        )
-
-
-def _web_concurrency() -> int:
-    """Workers per ``WEB_CONCURRENCY`` (uvicorn/gunicorn's convention), else 1."""
-    raw = os.environ.get("WEB_CONCURRENCY", "").strip()
-    if not raw:
-        return 1
-    try:
-        workers = int(raw)
-    except ValueError:
-        workers = 0
-    if workers < 1:
-        raise ConfigurationError(
-            f"WEB_CONCURRENCY={raw!r} is not a positive number of workers; fix it or set "
-            "PG_POOL_WORKERS / PG_REFERENCE_POOL_WORKERS",
-            env_var="WEB_CONCURRENCY",
-        )
-    return workers
-
-
-@dataclass(frozen=True, slots=True)
-class HealthConfig:
-    """Readiness of one database: whether it is required, and the check's timeout (s)."""
-
-    required: bool = True
-    timeout: float = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetryConfig:
-    """Logging thresholds of one database: statements slower than ``slow_query`` s (0: off)."""
-
-    slow_query: float = 1.0
-
-
-class PostgresConfig(BaseModel):
-    """The settings of every database, validated together.
-
-    Build with :meth:`load` (environment and ``.env``) or with
-    :func:`get_postgres_config` (the same, cached).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    main: MainDatabaseSettings
-    reference: ReferenceDatabaseSettings
+        self._load_declared()
 
     @classmethod
-    def load(cls, *, env_file: str | Path | None = DEFAULT_ENV_FILE) -> PostgresConfig:
-        """Read and validate every database's settings.
+    def load(
+        cls,
+        *,
+        env_file: str | Path | None = DEFAULT_ENV_FILE,
+        values: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> PostgresConfig:
+        """Read and validate every database's settings from the environment and ``env_file``.
 
         A variable in the environment wins over the same one in ``env_file``
-        (which may be absent; ``None`` reads no file). Raises
-        ``ConfigurationError`` naming each variable to fix.
+        (which may be absent; ``None`` reads no file); ``values`` (per
+        database, by field name) win over both. Raises ``ConfigurationError``
+        naming each variable to fix, and for typos in our namespace.
         """
-        _check_unknown_variables({**_read_env_file(env_file), **os.environ})
-        sections = {
-            database.value: _load_section(settings_class, env_file)
-            for database, settings_class in SETTINGS_CLASSES.items()
-        }
-        config = cls.model_validate(sections)
-        for database in SETTINGS_CLASSES:
-            config.get_pool_config(database)  # budget and WEB_CONCURRENCY, checked now
+        environ = read_environment(env_file)
+        _check_command_timeout_aliases(environ)
+        config = cls.__new__(cls)
+        config._from_env = True
+        config._env_file = env_file
+        config._lock = threading.Lock()
+        config._values = {str(database_name(k)): v for k, v in (values or {}).items()}
+        config._sections = {}
+        config._named = tuple(check_variables(environ, declared_databases()))
+        config._load_declared()
         return config
 
-    def settings_for(self, database: Database | str) -> DatabaseSettings:
-        """The settings of ``database``; ``ConfigurationError`` if unknown."""
-        section: DatabaseSettings = getattr(self, Database.parse(database).value)
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Mapping[str, Any]]) -> PostgresConfig:
+        """Settings from code only (no environment): ``{"main": {"dsn": ...}, ...}``."""
+        return cls(values)
+
+    @classmethod
+    def from_configuration(cls, configuration: _ConfigurationLike) -> PostgresConfig:
+        """Settings from a dependency-injector ``providers.Configuration`` (or one of its options).
+
+        Its value must be a mapping of database names to their settings, as
+        read from YAML, JSON, INI or a dict; an unset configuration gives
+        every database its defaults.
+        """
+        value = configuration()
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(
+                "the configuration given for wellwon_db must map database names to settings "
+                f"(e.g. {{'main': {{'dsn': ...}}}}), got {type(value).__name__}"
+            )
+        return cls(value)
+
+    def _load_declared(self) -> None:
+        for spec in declared_databases():
+            section = self._section(spec)
+            PoolConfig.from_settings(section)  # budget and WEB_CONCURRENCY, checked now
+        for name in self._values:
+            self._section(spec_for(name))  # unknown keys and bad values, checked now
+
+    def _section(self, spec: DatabaseSpec) -> DatabaseSettings:
+        key = str(spec.name)
+        section = self._sections.get(key)
+        if section is not None:
+            return section
+        with self._lock:
+            section = self._sections.get(key)
+            if section is None:
+                section = _make_section(
+                    spec,
+                    self._values.get(key, {}),
+                    self._env_file if self._from_env else None,
+                    from_env=self._from_env,
+                )
+                self._sections[key] = section
         return section
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def databases(self) -> tuple[DatabaseName, ...]:
+        """The declared databases, then the others named by variables or code, in that order."""
+        names: list[DatabaseName] = [spec.name for spec in declared_databases()]
+        for name in (*self._named, *self._values, *self._sections):
+            valid = database_name(name)
+            if valid not in names:
+                names.append(valid)
+        return tuple(names)
+
+    def settings_for(self, database: Database | str) -> DatabaseSettings:
+        """The settings of ``database`` (any valid name; an undeclared one is loaded on first use).
+
+        Raises ``ConfigurationError`` for an invalid name, or for invalid
+        values of an undeclared database met only now.
+        """
+        return self._section(spec_for(database))
+
+    @property
+    def main(self) -> DatabaseSettings:
+        """The main database's settings."""
+        return self.settings_for(Database.MAIN)
+
+    @property
+    def reference(self) -> DatabaseSettings:
+        """The reference database's settings."""
+        return self.settings_for(Database.REFERENCE)
+
+    def has_dsn(self, database: Database | str) -> bool:
+        """Whether ``database``'s DSN is set."""
+        return self.settings_for(database).dsn is not None
 
     def get_dsn(self, database: Database | str) -> str:
         """The DSN of ``database``.
@@ -210,13 +213,18 @@ class PostgresConfig(BaseModel):
         """
         settings = self.settings_for(database)
         if settings.dsn is None:
-            var = env_var_name(type(settings), "dsn")
-            raise ConfigurationError(
-                f"no DSN for the {settings.database.value} database: set {var} "
-                f"(postgresql://user:password@host:port/dbname)",
-                env_var=var,
-            )
+            raise self.missing_dsn_error(database)
         return settings.dsn.get_secret_value()
+
+    def missing_dsn_error(self, database: Database | str) -> ConfigurationError:
+        """The error that says ``database``'s DSN is unset, naming the variable to set."""
+        settings = self.settings_for(database)
+        var = env_var_name(type(settings), "dsn")
+        return ConfigurationError(
+            f"no DSN for the {settings.database} database: set {var} "
+            f"(postgresql://user:password@host:port/dbname)",
+            env_var=var,
+        )
 
     def get_pool_config(self, database: Database | str) -> PoolConfig:
         """The pool settings of ``database`` (its own, never another database's)."""
@@ -256,104 +264,101 @@ class PostgresConfig(BaseModel):
             deadline=s.retry_deadline_sec,
         )
 
+    # -- deriving --------------------------------------------------------------
+
+    def replace(self, database: Database | str, **changes: Any) -> PostgresConfig:
+        """A copy in which ``database``'s settings have ``changes`` (field names), unvalidated."""
+        updated = self.settings_for(database).model_copy(update=changes)
+        copy = PostgresConfig.__new__(PostgresConfig)
+        copy._from_env, copy._env_file, copy._named = self._from_env, self._env_file, self._named
+        copy._lock = threading.Lock()
+        copy._values = dict(self._values)
+        copy._sections = {**self._sections, str(updated.database): updated}
+        return copy
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Every loaded database's settings by field name, secrets masked (JSON-serialisable)."""
+        return {
+            str(name): self.settings_for(name).model_dump(mode="json") for name in self.databases
+        }
+
+    def __repr__(self) -> str:
+        return f"<PostgresConfig {', '.join(map(str, self.databases))}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PostgresConfig):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 @functools.cache
 def get_postgres_config() -> PostgresConfig:
-    """The settings read from the environment and ``./.env``, cached.
+    """The settings read from the environment and ``./.env``, cached (for the seed API).
 
-    Call ``get_postgres_config.cache_clear()`` to read them again (tests).
+    Call ``get_postgres_config.cache_clear()`` to read them again.
+    Containers do not use it: each reads its own settings when it starts.
     """
     return PostgresConfig.load()
 
 
-def _read_env_file(env_file: str | Path | None) -> dict[str, str]:
-    if env_file is None or not Path(env_file).is_file():
-        return {}
-    return {key.upper(): value for key, value in dotenv_values(env_file).items() if value}
-
-
-def _load_section(
-    settings_class: type[DatabaseSettings], env_file: str | Path | None
+def _make_section(
+    spec: DatabaseSpec,
+    values: Mapping[str, Any],
+    env_file: str | Path | None,
+    *,
+    from_env: bool,
 ) -> DatabaseSettings:
+    """Validate ``spec``'s settings from ``values`` (over the environment when ``from_env``)."""
+    settings = settings_class(spec)
+    unknown = [key for key in values if key not in settings.model_fields]
+    if unknown:
+        lines = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), list(settings.model_fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"  {spec.name}.{key}: not a wellwon_db setting{hint}")
+        raise ConfigurationError(
+            f"unknown settings for the {spec.name} database:\n" + "\n".join(lines),
+            env_var=None,
+        )
     try:
-        return settings_class(_env_file=env_file)  # type: ignore[call-arg]
+        if from_env:
+            return settings(_env_file=env_file, **values)  # type: ignore[call-arg]
+        return settings.model_validate(dict(values))
     except ValidationError as exc:
-        raise _translate(settings_class, exc) from None
+        raise _translate(settings, exc) from None
 
 
-def _translate(settings_class: type[DatabaseSettings], exc: ValidationError) -> ConfigurationError:
+def _translate(settings: type[DatabaseSettings], exc: ValidationError) -> ConfigurationError:
     lines = []
     first_var: str | None = None
     for error in exc.errors(include_input=False, include_url=False):
-        field = _field_for_loc(settings_class, str(error["loc"][0]) if error["loc"] else "")
-        var = env_var_name(settings_class, field) if field else "?"
+        loc = str(error["loc"][0]) if error["loc"] else ""
+        field = _field_for_loc(settings, loc)
+        var = env_var_name(settings, field) if field else "?"
         first_var = first_var or var
-        lines.append(f"  {var}: {error['msg']}")
-    detail = "\n".join(lines)
+        lines.append(f"  {var} ({field or loc}): {error['msg']}")
     return ConfigurationError(
-        f"invalid settings for the {settings_class.database.value} database:\n{detail}",
+        f"invalid settings for the {settings.database} database:\n" + "\n".join(lines),
         env_var=first_var,
     )
 
 
-def _field_for_loc(settings_class: type[DatabaseSettings], loc: str) -> str | None:
-    for field in settings_class.model_fields:
-        if loc == field or loc.upper() in env_var_names(settings_class, field):
-            return field
+def _field_for_loc(settings: type[DatabaseSettings], loc: str) -> str | None:
+    for name in settings.model_fields:
+        if loc == name or loc.upper() in env_var_names(settings, name):
+            return name
     return None
 
 
-_GROUPS = "POOL|BREAKER|RETRY|STARTUP|HEALTH|LOG"
-_POOL_VAR = re.compile(rf"^PG_(?:(?P<db>[A-Z0-9]+)_)?(?:{_GROUPS})_(?P<knob>[A-Z0-9_]+)$")
-_DSN_VAR = re.compile(r"^POSTGRES_(?:(?P<db>[A-Z0-9]+)_)?DSN$")
-
-
-def _check_unknown_variables(environ: Mapping[str, str]) -> None:
-    """Reject variables in our namespace that no database reads.
-
-    Caught: unknown databases (``PG_REPLICA_POOL_MAX_SIZE``), unknown knobs
-    (``PG_POOL_MAX_SZE``), main spelled as a database (``POSTGRES_MAIN_DSN``),
-    anything under another database's prefix (``PG_REFERENCE_...``), and
-    near misses of a real name. Unrelated variables (``POSTGRES_PASSWORD``,
-    ``PG_COLOR``) are left alone.
-    """
-    known = {
-        name
-        for settings_class in SETTINGS_CLASSES.values()
-        for field in settings_class.model_fields
-        for name in env_var_names(settings_class, field)
-    }
-    prefixes = tuple(
-        str(settings_class.model_config.get("env_prefix", "")).upper()
-        for database, settings_class in SETTINGS_CLASSES.items()
-        if database is not Database.MAIN
-    )
-    db_names = {database.value.upper() for database in Database if database is not Database.MAIN}
-    known_list = ", ".join(database.value for database in Database)
-    problems: list[tuple[str, str]] = []
-    for raw_name in environ:
-        name = raw_name.upper()
-        if name in known:
-            continue
-        match = _POOL_VAR.match(name) or _DSN_VAR.match(name)
-        db = match.group("db") if match else None
-        hint = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
-        suggestion = f"; did you mean {hint[0]}?" if hint else ""
-        if db == "MAIN":
-            problems.append(
-                (name, f"the main database has no infix (POSTGRES_DSN, PG_POOL_...){suggestion}")
-            )
-        elif db is not None and db not in db_names:
-            problems.append(
-                (name, f"unknown database {db.lower()!r} (known: {known_list}){suggestion}")
-            )
-        elif match or name.startswith(prefixes) or (hint and name.startswith("PG_")):
-            problems.append((name, f"not a wellwon_db setting{suggestion}"))
-    if problems:
-        problems.sort()
-        detail = "\n".join(f"  {name}: {why}" for name, why in problems)
+def _check_command_timeout_aliases(environ: Mapping[str, str]) -> None:
+    """Main's two command-timeout names may both be set only to the same value."""
+    legacy, pattern = "PG_COMMAND_TIMEOUT_SEC", "PG_POOL_COMMAND_TIMEOUT_SEC"
+    if legacy in environ and pattern in environ and environ[legacy] != environ[pattern]:
         raise ConfigurationError(
-            "unknown database settings in the environment or .env:\n"
-            f"{detail}\nsee docs/configuration.md for every setting",
-            env_var=problems[0][0],
+            f"{legacy}={environ[legacy]} and {pattern}={environ[pattern]} both set main's "
+            f"command timeout; set only one of them ({legacy} is the original name)",
+            env_var=legacy,
         )

@@ -40,6 +40,15 @@ def validate_dsn(dsn: str, env_var: str) -> None:
             f"set {env_var}=postgresql://user:password@host:port/dbname",
             env_var=env_var,
         )
+    if parts.netloc.count("@") > 1:
+        # asyncpg splits user info from the host at the first '@', redaction
+        # and our checks at the last: a raw '@' in a password means both are wrong.
+        raise ConfigurationError(
+            f"{env_var} has more than one '@' before the host: percent-encode '@' (and other "
+            "special characters) in the user name and password, e.g. p%40ss for p@ss "
+            "(urllib.parse.quote(password, safe=''))",
+            env_var=env_var,
+        )
     if "," not in parts.netloc:
         try:
             parts.port  # noqa: B018 (parsing validates the port)

@@ -1,10 +1,23 @@
-"""The per-database policy settings the resilience layer applies, as plain values."""
+"""What each layer gets of one database's settings: plain, frozen values.
+
+The pool gets a :class:`PoolConfig`, the breaker a :class:`BreakerConfig`,
+the retry policy a :class:`RetryConfig`, telemetry and health theirs; none of
+them reads settings or environment variables itself.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["BreakerConfig", "RetryConfig"]
+from wellwon_db.config._registry import DatabaseName
+from wellwon_db.config._settings import DatabaseSettings, ResetPolicy, env_var_name
+from wellwon_db.errors import ConfigurationError
+
+__all__ = ["BreakerConfig", "HealthConfig", "PoolConfig", "RetryConfig", "TelemetryConfig"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,3 +43,126 @@ class RetryConfig:
     backoff: float = 0.05
     backoff_max: float = 2.0
     deadline: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """The effective pool settings of one database (of this worker). Durations in seconds.
+
+    ``max_inactive_lifetime`` and ``max_lifetime`` of 0 mean no limit. With a
+    connection ``budget``, ``min_size``/``max_size`` are this worker's share
+    (``budget // workers``), never above the explicit settings, which stay
+    in ``configured_min_size``/``configured_max_size``.
+    """
+
+    database: DatabaseName
+    min_size: int
+    max_size: int
+    timeout: float
+    command_timeout: float
+    connect_timeout: float
+    max_inactive_lifetime: float
+    max_lifetime: float
+    validation_idle: float
+    max_queries: int
+    statement_cache_size: int
+    application_name: str
+    reset: ResetPolicy
+    startup_wait: float = 0.0
+    startup_required: bool = True
+    exhaustion_warn: float = 5.0
+    exhaustion_utilisation: float = 90.0
+    workers: int = 1
+    budget: int = 0
+    capacity_check: Literal["warn", "refuse", "off"] = "warn"
+    drain_timeout: float = 10.0
+    pgbouncer: bool = False
+    lease_metrics: bool = False
+    configured_min_size: int | None = None
+    configured_max_size: int | None = None
+    #: Longest wait (s) between background connect attempts while the server is down.
+    reconnect_backoff_max: float = 2.0
+    #: How messages name the setting behind a field (``pool_max_size`` -> its env variable).
+    setting_names: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_settings(cls, settings: DatabaseSettings) -> PoolConfig:
+        """Build from one database's settings (and ``WEB_CONCURRENCY`` for the workers)."""
+        workers = settings.pool_workers or _web_concurrency()
+        max_size, min_size = settings.pool_max_size, settings.pool_min_size
+        if settings.pool_budget:
+            share = settings.pool_budget // workers
+            if share < 1:
+                budget_var = env_var_name(type(settings), "pool_budget")
+                raise ConfigurationError(
+                    f"{budget_var}={settings.pool_budget} gives each of {workers} workers no "
+                    f"connection to the {settings.database} database; raise "
+                    f"{budget_var} to at least {workers} or run fewer workers",
+                    env_var=budget_var,
+                )
+            max_size = min(max_size, share)
+            min_size = min(min_size, max_size)
+        return cls(
+            database=settings.database,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=settings.pool_timeout_sec,
+            command_timeout=settings.pool_command_timeout_sec,
+            connect_timeout=settings.pool_connect_timeout_sec,
+            max_inactive_lifetime=settings.pool_max_inactive_lifetime_sec,
+            max_lifetime=settings.pool_max_lifetime_sec,
+            validation_idle=settings.pool_validation_idle_sec,
+            max_queries=settings.pool_max_queries,
+            statement_cache_size=settings.pool_statement_cache_size,
+            application_name=settings.application_name,
+            reset=settings.pool_reset,
+            startup_wait=settings.startup_wait_sec,
+            startup_required=settings.startup_required,
+            exhaustion_warn=settings.pool_exhaustion_warn_sec,
+            exhaustion_utilisation=settings.pool_exhaustion_utilisation,
+            workers=workers,
+            budget=settings.pool_budget,
+            capacity_check=settings.pool_capacity_check,
+            drain_timeout=settings.pool_drain_timeout_sec,
+            pgbouncer=settings.pool_pgbouncer,
+            lease_metrics=settings.pool_lease_metrics,
+            configured_min_size=settings.pool_min_size,
+            configured_max_size=settings.pool_max_size,
+            setting_names={
+                name: env_var_name(type(settings), name)
+                for name in ("pool_max_size", "pool_timeout_sec", "pool_budget")
+            },
+        )
+
+
+def _web_concurrency() -> int:
+    """Workers per ``WEB_CONCURRENCY`` (uvicorn/gunicorn's convention), else 1."""
+    raw = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if not raw:
+        return 1
+    try:
+        workers = int(raw)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise ConfigurationError(
+            f"WEB_CONCURRENCY={raw!r} is not a positive number of workers; fix it or set "
+            "PG_POOL_WORKERS / PG_REFERENCE_POOL_WORKERS",
+            env_var="WEB_CONCURRENCY",
+        )
+    return workers
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Readiness of one database: whether it is required, and the check's timeout (s)."""
+
+    required: bool = True
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """Logging thresholds of one database: statements slower than ``slow_query`` s (0: off)."""
+
+    slow_query: float = 1.0

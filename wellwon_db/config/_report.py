@@ -22,7 +22,8 @@ from pydantic import SecretStr
 
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.config._dsn import redact_dsn
-from wellwon_db.config._settings import SETTINGS_CLASSES, DatabaseSettings, env_var_names
+from wellwon_db.config._settings import DatabaseSettings, env_var_names
+from wellwon_db.errors import ConfigurationError
 
 __all__ = ["ConfigReport", "SettingReport", "SettingSource", "build_config_report"]
 
@@ -59,6 +60,8 @@ class ConfigReport:
     databases: dict[str, list[SettingReport]]
     #: Per database, what each worker's pool really gets (after the budget).
     effective: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per database whose settings are invalid (an undeclared one named by a variable): why.
+    errors: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy, settings keyed by field name."""
@@ -69,6 +72,7 @@ class ConfigReport:
                 for name, settings in self.databases.items()
             },
             "effective": self.effective,
+            "errors": self.errors,
         }
 
 
@@ -87,17 +91,21 @@ def build_config_report(
         env_path = None
     from_env = _upper_keys(os.environ if environ is None else environ)
     from_file = _upper_keys(dotenv_values(env_path)) if env_path is not None else {}
-    databases = {
-        database.value: [
-            _describe(settings_class, config.settings_for(database), field, from_env, from_file)
-            for field in settings_class.model_fields
-        ]
-        for database, settings_class in SETTINGS_CLASSES.items()
-    }
+    databases: dict[str, list[SettingReport]] = {}
+    errors: dict[str, str] = {}
     effective = {}
-    for database in SETTINGS_CLASSES:
-        pool = config.get_pool_config(database)
-        effective[database.value] = {
+    for database in config.databases:
+        try:
+            settings = config.settings_for(database)
+            pool = config.get_pool_config(database)
+        except ConfigurationError as exc:
+            errors[str(database)] = str(exc)
+            continue
+        databases[str(database)] = [
+            _describe(type(settings), settings, field, from_env, from_file)
+            for field in type(settings).model_fields
+        ]
+        effective[str(database)] = {
             "workers": pool.workers,
             "budget": pool.budget or None,
             "min_size_per_worker": pool.min_size,
@@ -109,6 +117,7 @@ def build_config_report(
         env_file=str(env_path.resolve()) if env_path is not None else None,
         databases=databases,
         effective=effective,
+        errors=errors,
     )
 
 

@@ -1,7 +1,7 @@
-"""Settings per database, read from the environment and a ``.env`` file.
+"""Settings per database, read from the environment, a ``.env`` file or code.
 
-Naming pattern, one per database (``<DB>`` is the database name upper-cased,
-empty for main)::
+Naming pattern, one per database (``<DB>`` is the database's env infix, its
+name upper-cased, empty for main)::
 
     POSTGRES_[<DB>_]DSN          the DSN (a secret)
     PG_[<DB>_]POOL_<KNOB>        every pool knob, e.g. PG_REFERENCE_POOL_MAX_SIZE
@@ -14,30 +14,34 @@ The one exception is kept from the original ``pg_client``: main's command
 timeout is ``PG_COMMAND_TIMEOUT_SEC`` (``PG_POOL_COMMAND_TIMEOUT_SEC``, the
 pattern's name, is accepted too). Every field is validated when loaded and
 documented by its ``description``; loading lives in ``_config.py``.
+
+The settings class of a database is made from its :class:`DatabaseSpec` by
+:func:`settings_class` (one class per spec, cached); fields can be given in
+code by their names (``pool_max_size=5``) as well as through the variables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar, Literal
+import functools
+from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic import model_validator as _model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from wellwon_db.config._database import Database
 from wellwon_db.config._dsn import validate_dsn
+from wellwon_db.config._registry import MAIN, REFERENCE, Database, DatabaseSpec
 from wellwon_db.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_ENV_FILE",
-    "SETTINGS_CLASSES",
     "DatabaseSettings",
     "MainDatabaseSettings",
     "ReferenceDatabaseSettings",
     "ResetPolicy",
     "env_var_name",
     "env_var_names",
+    "settings_class",
 ]
 
 ResetPolicy = Literal["smart", "always"]
@@ -46,7 +50,7 @@ DEFAULT_ENV_FILE = ".env"
 
 
 class DatabaseSettings(BaseSettings):
-    """Settings of one database. Subclasses fix the environment prefix.
+    """Settings of one database. :func:`settings_class` makes the subclass of each database.
 
     Durations are seconds. A lifetime of 0 disables that limit.
     """
@@ -58,10 +62,14 @@ class DatabaseSettings(BaseSettings):
         frozen=True,
         hide_input_in_errors=True,
         validate_default=True,
+        validate_by_name=True,
+        validate_by_alias=True,
     )
 
-    #: The logical database these settings belong to (set by subclasses).
-    database: ClassVar[Database]
+    #: The database these settings belong to (set by subclasses).
+    spec: ClassVar[DatabaseSpec]
+    #: Its name (set by subclasses): a ``Database`` member for the built-in ones.
+    database: ClassVar[Database | str]
 
     dsn: SecretStr | None = Field(
         default=None,
@@ -227,6 +235,14 @@ class DatabaseSettings(BaseSettings):
             "background; its calls fail fast until it answers."
         ),
     )
+    startup_dsn_required: bool = Field(
+        default=False,
+        description=(
+            "true: a container fails at start-up when this database's DSN is unset; false: "
+            "the database is off and its client raises ConfigurationError naming the DSN "
+            "variable. Default true for main, false for the others."
+        ),
+    )
     breaker_enabled: bool = Field(
         default=True, description="false: no circuit breaker for this database."
     )
@@ -310,7 +326,7 @@ class DatabaseSettings(BaseSettings):
             max_var = env_var_name(type(self), "pool_max_size")
             raise ConfigurationError(
                 f"{min_var}={self.pool_min_size} is greater than {max_var}="
-                f"{self.pool_max_size} for the {self.database.value} database; "
+                f"{self.pool_max_size} for the {self.database} database; "
                 f"set {min_var} <= {max_var}",
                 env_var=min_var,
             )
@@ -327,7 +343,7 @@ class DatabaseSettings(BaseSettings):
                 low_var, high_var = env_var_name(type(self), low), env_var_name(type(self), high)
                 raise ConfigurationError(
                     f"{low_var}={getattr(self, low):g} is greater than {high_var}="
-                    f"{getattr(self, high):g} for the {self.database.value} database; "
+                    f"{getattr(self, high):g} for the {self.database} database; "
                     f"set {low_var} <= {high_var}",
                     env_var=low_var,
                 )
@@ -336,61 +352,76 @@ class DatabaseSettings(BaseSettings):
     @property
     def application_name(self) -> str:
         """The application_name the pool reports to the server."""
-        return self.pool_application_name or f"wellwon_db:{self.database.value}"
+        return self.pool_application_name or f"wellwon_db:{self.database}"
 
 
-class MainDatabaseSettings(DatabaseSettings):
-    """The main database: ``POSTGRES_DSN`` and ``PG_POOL_*``."""
-
-    model_config = SettingsConfigDict(env_prefix="PG_")
-    database: ClassVar[Database] = Database.MAIN
-
-    dsn: SecretStr | None = Field(
-        default=None,
-        validation_alias="POSTGRES_DSN",
-        description="postgresql://user:password@host:port/dbname of the main database.",
-    )
-    pool_command_timeout_sec: float = Field(
-        default=60.0,
-        gt=0,
-        le=86_400,
-        validation_alias=AliasChoices("PG_COMMAND_TIMEOUT_SEC", "PG_POOL_COMMAND_TIMEOUT_SEC"),
-        description="Seconds a statement may run; the server cancels it after that.",
-    )
+_DSN_DESCRIPTION = "postgresql://user:password@host:port/dbname of the {name} database."
+_COMMAND_TIMEOUT_DESCRIPTION = "Seconds a statement may run; the server cancels it after that."
 
 
-class ReferenceDatabaseSettings(DatabaseSettings):
-    """The reference database: ``POSTGRES_REFERENCE_DSN`` and ``PG_REFERENCE_POOL_*``."""
+@functools.cache
+def settings_class(spec: DatabaseSpec) -> type[DatabaseSettings]:
+    """The settings class of ``spec``'s database (one per spec, cached).
 
-    model_config = SettingsConfigDict(env_prefix="PG_REFERENCE_")
-    database: ClassVar[Database] = Database.REFERENCE
+    Its variables are ``spec.dsn_variable`` and ``spec.env_prefix`` + the
+    field name upper-cased; main keeps ``PG_COMMAND_TIMEOUT_SEC`` (with
+    ``PG_POOL_COMMAND_TIMEOUT_SEC`` accepted too).
+    """
+    annotations: dict[str, Any] = {
+        "dsn": "SecretStr | None",
+        "startup_dsn_required": "bool",
+    }
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__doc__": (
+            f"The {spec.name} database: ``{spec.dsn_variable}`` and ``{spec.env_prefix}*``."
+        ),
+        "__annotations__": annotations,
+        "model_config": SettingsConfigDict(env_prefix=spec.env_prefix),
+        "spec": spec,
+        "database": spec.name,
+        "dsn": Field(
+            default=None,
+            validation_alias=spec.dsn_variable,
+            description=_DSN_DESCRIPTION.format(name=spec.name),
+        ),
+        "startup_dsn_required": Field(
+            default=spec.required,
+            description=DatabaseSettings.model_fields["startup_dsn_required"].description,
+        ),
+    }
+    if spec is MAIN:
+        annotations["pool_command_timeout_sec"] = "float"
+        namespace["pool_command_timeout_sec"] = Field(
+            default=60.0,
+            gt=0,
+            le=86_400,
+            validation_alias=AliasChoices("PG_COMMAND_TIMEOUT_SEC", "PG_POOL_COMMAND_TIMEOUT_SEC"),
+            description=_COMMAND_TIMEOUT_DESCRIPTION,
+        )
+    name = "".join(part.capitalize() for part in str(spec.name).split("_"))
+    return type(f"{name}DatabaseSettings", (DatabaseSettings,), namespace)
 
-    dsn: SecretStr | None = Field(
-        default=None,
-        validation_alias="POSTGRES_REFERENCE_DSN",
-        description="postgresql://user:password@host:port/dbname of the reference database.",
-    )
+
+#: The main database: ``POSTGRES_DSN`` and ``PG_POOL_*``.
+MainDatabaseSettings = settings_class(MAIN)
+#: The reference database: ``POSTGRES_REFERENCE_DSN`` and ``PG_REFERENCE_POOL_*``.
+ReferenceDatabaseSettings = settings_class(REFERENCE)
 
 
-#: The settings class of every database. A new database adds one line here.
-SETTINGS_CLASSES: Mapping[Database, type[DatabaseSettings]] = {
-    Database.MAIN: MainDatabaseSettings,
-    Database.REFERENCE: ReferenceDatabaseSettings,
-}
-
-
-def env_var_names(settings_class: type[DatabaseSettings], field: str) -> tuple[str, ...]:
+@functools.cache
+def env_var_names(settings: type[DatabaseSettings], field: str) -> tuple[str, ...]:
     """Every environment variable that sets ``field``, the preferred one first."""
-    info = settings_class.model_fields[field]
+    info = settings.model_fields[field]
     alias = info.validation_alias
-    if isinstance(alias, str):
-        return (alias.upper(),)
     if isinstance(alias, AliasChoices):
         return tuple(str(choice).upper() for choice in alias.choices)
-    prefix = str(settings_class.model_config.get("env_prefix", ""))
+    if isinstance(alias, str):
+        return (alias.upper(),)
+    prefix = str(settings.model_config.get("env_prefix", ""))
     return (f"{prefix}{field}".upper(),)
 
 
-def env_var_name(settings_class: type[DatabaseSettings], field: str) -> str:
-    """The environment variable that sets ``field`` of ``settings_class``."""
-    return env_var_names(settings_class, field)[0]
+def env_var_name(settings: type[DatabaseSettings], field: str) -> str:
+    """The environment variable that sets ``field`` of ``settings``."""
+    return env_var_names(settings, field)[0]

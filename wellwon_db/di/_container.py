@@ -14,7 +14,11 @@ dependency-injector's traps, and what the helpers do about them:
 * A failed start-up leaves the pools that did open open:
   :func:`start_databases` closes them before raising.
 * Settings read when a container class is defined fail at import:
-  ``config`` is read on first use, not at definition.
+  ``config`` is read on first use, not at definition; each container has its
+  own (a ``Singleton``), read again at the next start after a stop.
+* ``init_resources()`` starts every Resource of the container it is given:
+  :func:`start_databases` starts the database pools only, so it can be given
+  a whole application container without starting its Redis.
 * ``Closing[...]`` on a client would shut the shared pool down: a client's
   dependencies hold no Resource, so there is nothing for ``Closing`` to close.
 """
@@ -24,24 +28,29 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 
 from wellwon_db.client._client import MainDB, ReferenceDB
-from wellwon_db.client._slot import PoolSlot
-from wellwon_db.config._config import PostgresConfig, get_postgres_config
-from wellwon_db.config._database import Database
-from wellwon_db.health._health import HealthChecker
-from wellwon_db.pool._pool import DatabasePool
-from wellwon_db.telemetry._telemetry import register_breaker, unregister_breaker
+from wellwon_db.config._config import PostgresConfig
+from wellwon_db.config._settings import DEFAULT_ENV_FILE
+from wellwon_db.di._providers import (
+    ContainerLike,
+    DatabaseMember,
+    database_members,
+    database_providers,
+)
+from wellwon_db.health._health import HealthChecker, HealthReport
 
 __all__ = [
     "DatabaseContainer",
+    "check_health",
     "database_lifespan",
-    "open_database_pool",
+    "health_checker",
+    "load_container_config",
     "resolve",
     "start_databases",
     "stop_databases",
@@ -49,38 +58,43 @@ __all__ = [
 
 logger = logging.getLogger("wellwon_db.container")
 
-#: A ``DatabaseContainer`` instance, or one embedded with ``providers.Container``.
-ContainerLike: TypeAlias = "containers.Container | providers.Container[Any]"
 _T = TypeVar("_T")
 
 
-async def open_database_pool(
-    database: Database, config: PostgresConfig, slot: PoolSlot
-) -> AsyncIterator[DatabasePool]:
-    """Resource body: open ``database``'s pool with its own settings and put it in ``slot``.
+def load_container_config(values: Mapping[str, Any] | None = None) -> PostgresConfig:
+    """A container's settings: the environment and ``./.env``, with ``values`` from code over them.
 
-    On shutdown the slot is emptied first (new calls fail fast with
-    ``PoolClosedError``), then the pool closes.
+    ``values`` is the container's ``settings`` configuration: database names
+    mapping to settings by field name (``{"main": {"pool_max_size": 5}}``).
     """
-    if slot.database is not database:
-        raise ValueError(f"the {slot.database.value} slot given for the {database.value} pool")
-    slot.configure(config.get_breaker_config(database), config.get_retry_config(database))
-    pool = DatabasePool(
-        database,
-        config.get_dsn(database),
-        config.get_pool_config(database),
-        telemetry=config.get_telemetry_config(database),
-    )
-    await pool.open()
-    slot.pool = pool
-    register_breaker(slot.breaker)
-    try:
-        yield pool
-    finally:
-        unregister_breaker(slot.breaker)
-        if slot.pool is pool:
-            slot.pool = None
-        await pool.close()
+    return PostgresConfig.load(env_file=DEFAULT_ENV_FILE, values=values or None)
+
+
+def health_checker(container: ContainerLike) -> HealthChecker:
+    """A :class:`HealthChecker` for every database of ``container``, overrides included."""
+    members = database_members(container)
+    if not members:
+        raise TypeError(
+            f"{type(container).__name__} holds no database providers: health checks need a "
+            "wellwon_db.DatabaseContainer (or one embedded with providers.Container)"
+        )
+    config: PostgresConfig = members[0].config()
+    slots = {str(member.name): member.slot() for member in members}
+    clients = {
+        str(member.name): member.client() for member in members if member.client is not None
+    }
+    return HealthChecker(config, slots, clients)
+
+
+async def check_health(container: ContainerLike) -> HealthReport:
+    """Check every database of ``container`` (a ``DatabaseContainer``, embedded, or an app's).
+
+    Probes run concurrently, each bounded by its database's
+    ``PG_[<DB>_]HEALTH_TIMEOUT_SEC``; the whole call takes about as long as
+    the slowest probe. Overrides are honoured (a faked client is probed as it
+    is). Raises ``ConfigurationError`` only when the settings cannot be read.
+    """
+    return await health_checker(container).check()
 
 
 class DatabaseContainer(containers.DeclarativeContainer):
@@ -90,30 +104,28 @@ class DatabaseContainer(containers.DeclarativeContainer):
     :func:`start_databases` (or :func:`database_lifespan`), stop it with
     :func:`stop_databases`. It has no ``wiring_config``: the application wires.
 
+    ``settings`` takes settings from code (a ``providers.Configuration``:
+    ``providers.Container(DatabaseContainer, settings=app.config.db)``),
+    which win over the environment; ``config`` is the validated
+    :class:`PostgresConfig`, read when the pools start. Each database's
+    providers come from :func:`database_providers`; subclass to add yours.
+
     Clients reach their pool through a slot, not through the Resource: they
     are plain objects (no Future), survive a stop and start, and
     ``Closing[...]`` on a client cannot shut the shared pool down.
     """
 
-    config = providers.Callable(get_postgres_config)
+    __self__ = providers.Self()
 
-    main_slot = providers.Singleton(PoolSlot, Database.MAIN)
-    reference_slot = providers.Singleton(PoolSlot, Database.REFERENCE)
-
-    main_pool = providers.Resource(open_database_pool, Database.MAIN, config, main_slot)
-    reference_pool = providers.Resource(
-        open_database_pool, Database.REFERENCE, config, reference_slot
+    settings = providers.Configuration(strict=False)
+    config: providers.Singleton[PostgresConfig] = providers.Singleton(
+        load_container_config, settings
     )
 
-    main_db = providers.Singleton(MainDB, main_slot)
-    reference_db = providers.Singleton(ReferenceDB, reference_slot)
+    main_slot, main_pool, main_db = database_providers(MainDB, config)
+    reference_slot, reference_pool, reference_db = database_providers(ReferenceDB, config)
 
-    health = providers.Factory(
-        HealthChecker,
-        config=config,
-        slots=providers.Dict(main=main_slot, reference=reference_slot),
-        clients=providers.Dict(main=main_db, reference=reference_db),
-    )
+    health: providers.Factory[HealthChecker] = providers.Factory(health_checker, __self__)
 
 
 async def resolve(provider: providers.Provider[_T]) -> _T:
@@ -128,29 +140,24 @@ async def resolve(provider: providers.Provider[_T]) -> _T:
     return result  # type: ignore[no-any-return]
 
 
-def _pool_resources(container: ContainerLike) -> list[providers.Resource[Any]]:
-    return [
-        provider
-        for provider in container.traverse(types=[providers.Resource])
-        if isinstance(provider, providers.Resource)
-    ]
-
-
 async def _maybe_await(value: object) -> None:
     if inspect.isawaitable(value):
         await value
 
 
 async def start_databases(container: ContainerLike) -> None:
-    """Open every pool of ``container`` (a :class:`DatabaseContainer`) concurrently.
+    """Open every database pool of ``container`` concurrently (embedded containers included).
 
-    When any pool fails to open, the ones that did are closed and the first
-    error is raised (the others are logged): nothing stays half-open.
-    Starting a started container does nothing.
+    ``container`` is a :class:`DatabaseContainer`, one embedded with
+    ``providers.Container``, or an application container holding either:
+    only database pools are started, never its other Resources. When any
+    pool fails to open, the ones that did are closed and the first error is
+    raised (the others are logged): nothing stays half-open. Starting a
+    started container does nothing.
     """
-    resources = _pool_resources(container)
+    members = database_members(container)
     results = await asyncio.gather(
-        *(_maybe_await(resource.init()) for resource in resources), return_exceptions=True
+        *(_maybe_await(member.pool.init()) for member in members), return_exceptions=True
     )
     errors = [result for result in results if isinstance(result, BaseException)]
     if errors:
@@ -161,19 +168,31 @@ async def start_databases(container: ContainerLike) -> None:
 
 
 async def stop_databases(container: ContainerLike) -> None:
-    """Close every pool of ``container``.
+    """Close every database pool of ``container`` (and nothing else).
 
-    Clients stay valid: after :func:`start_databases` they use the new pools.
-    Pools close concurrently; an error closing one does not keep the others
-    open. Stopping a stopped container does nothing.
+    Clients stay valid: after :func:`start_databases` they use the new pools,
+    with the settings read again. Pools close concurrently; an error closing
+    one does not keep the others open. Stopping a stopped container does
+    nothing.
     """
-    resources = [r for r in _pool_resources(container) if r.initialized]
+    members = database_members(container)
+    resources = [member.pool for member in members if member.pool.initialized]
     results = await asyncio.gather(
         *(_maybe_await(resource.shutdown()) for resource in resources), return_exceptions=True
     )
+    _forget_settings(members)
     errors = [result for result in results if isinstance(result, BaseException)]
     if errors:
         raise errors[0]
+
+
+def _forget_settings(members: list[DatabaseMember]) -> None:
+    """The next start reads the settings again (``shutdown_resources`` keeps singletons)."""
+    for member in members:
+        if isinstance(member.config, providers.Singleton) and not any(
+            member.pool.initialized for member in members
+        ):
+            member.config.reset()
 
 
 @asynccontextmanager

@@ -21,7 +21,7 @@ appears in them.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import dataclasses
 import time
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,13 +29,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from dependency_injector import containers, providers
-
 from wellwon_db.client._client import DatabaseClient
 from wellwon_db.client._slot import PoolSlot
-from wellwon_db.config._config import HealthConfig, PostgresConfig
-from wellwon_db.config._database import Database
-from wellwon_db.config._settings import SETTINGS_CLASSES, env_var_name
+from wellwon_db.config._config import PostgresConfig
+from wellwon_db.config._policies import HealthConfig
+from wellwon_db.config._registry import DatabaseName, database_name
+from wellwon_db.config._settings import env_var_name
 from wellwon_db.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -48,7 +47,6 @@ __all__ = [
     "HealthChecker",
     "HealthReport",
     "HealthStatus",
-    "check_health",
     "database_status",
     "describe_error",
     "overall_status",
@@ -58,10 +56,6 @@ __all__ = [
 
 #: ``"ok"``, ``"degraded"`` or ``"down"``.
 HealthStatus: TypeAlias = Literal["ok", "degraded", "down"]
-
-# Declared here rather than imported from ``_container``: the container may
-# provide a HealthChecker, so ``_container`` imports this module.
-_ContainerLike: TypeAlias = "containers.Container | providers.Container[Any]"
 
 _T = TypeVar("_T")
 
@@ -112,11 +106,15 @@ class HealthReport:
     """The overall status, each database's :class:`DatabaseHealth` and when it was checked.
 
     ``checked_at`` is an ISO 8601 UTC timestamp (``2025-01-31T12:00:00.123+00:00``).
+    ``unconfigured`` maps each optional database that runs without a DSN to
+    the variable that would turn it on; such databases are not checked and do
+    not affect the status.
     """
 
     status: HealthStatus
     databases: dict[str, DatabaseHealth]
     checked_at: str
+    unconfigured: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy: ``json.dumps(report.to_dict())`` works."""
@@ -124,6 +122,7 @@ class HealthReport:
             "status": self.status,
             "checked_at": self.checked_at,
             "databases": {name: health.to_dict() for name, health in self.databases.items()},
+            "unconfigured": dict(self.unconfigured),
         }
 
 
@@ -154,11 +153,13 @@ def overall_status(databases: Iterable[DatabaseHealth]) -> HealthStatus:
 class HealthChecker:
     """Checks the databases it is given; :meth:`check` returns a :class:`HealthReport`.
 
-    ``slots`` and ``clients`` map database names (or :class:`Database`
-    members) to the database's :class:`PoolSlot` and client; both must name
-    the same databases. Settings come from ``config``
+    ``slots`` and ``clients`` map database names to the database's
+    :class:`PoolSlot` and client; both must name the same databases, which
+    reports list in the order given. Settings come from ``config``
     (:meth:`PostgresConfig.get_health_config`). Holds no connection of its
-    own: cheap to create per request.
+    own: cheap to create per request. (``check_health(container)`` and a
+    container's ``health`` provider build one for every database of a
+    container.)
     """
 
     __slots__ = ("_clients", "_config", "_secrets", "_slots")
@@ -166,58 +167,46 @@ class HealthChecker:
     def __init__(
         self,
         config: PostgresConfig,
-        slots: Mapping[str, PoolSlot] | Mapping[Database, PoolSlot],
-        clients: Mapping[str, DatabaseClient] | Mapping[Database, DatabaseClient],
+        slots: Mapping[str, PoolSlot],
+        clients: Mapping[str, DatabaseClient],
     ) -> None:
-        parsed_slots = {Database.parse(name): slot for name, slot in slots.items()}
-        parsed_clients = {Database.parse(name): client for name, client in clients.items()}
+        parsed_slots = {database_name(name): slot for name, slot in slots.items()}
+        parsed_clients = {database_name(name): client for name, client in clients.items()}
         if parsed_slots.keys() != parsed_clients.keys():
             raise ValueError(
                 f"HealthChecker needs a slot and a client for each database; slots for "
-                f"{sorted(parsed_slots)}, clients for {sorted(parsed_clients)}"
+                f"{sorted(map(str, parsed_slots))}, clients for {sorted(map(str, parsed_clients))}"
             )
         for database, slot in parsed_slots.items():
-            if slot.database is not database:
-                raise ValueError(
-                    f"the {slot.database.value} slot was given for the {database.value} database"
-                )
-        # Enum order, so that reports list the databases the same way every time.
-        order = [database for database in Database if database in parsed_slots]
+            if slot.database != database:
+                raise ValueError(f"the {slot.database} slot was given for the {database} database")
         self._config = config
-        self._slots = {database: parsed_slots[database] for database in order}
-        self._clients = {database: parsed_clients[database] for database in order}
+        self._slots: dict[DatabaseName, PoolSlot] = parsed_slots
+        self._clients: dict[DatabaseName, DatabaseClient] = parsed_clients
         self._secrets = secrets_of(config)
 
-    @classmethod
-    async def from_container(cls, container: _ContainerLike) -> HealthChecker:
-        """A checker for every database of ``container`` (a ``DatabaseContainer``, or embedded).
-
-        Uses the container's ``config``, ``<db>_slot`` and ``<db>_db``
-        providers, overrides included (a faked client is probed as it is).
-        """
-        slots: dict[str, PoolSlot] = {}
-        clients: dict[str, DatabaseClient] = {}
-        for database in Database:
-            slots[database.value] = await _provide(container, f"{database.value}_slot")
-            clients[database.value] = await _provide(container, f"{database.value}_db")
-        config: PostgresConfig = await _provide(container, "config")
-        return cls(config, slots, clients)
-
     async def check(self) -> HealthReport:
-        """Probe every database concurrently, each within its own health timeout.
+        """Probe every configured database concurrently, each within its own health timeout.
 
         Never raises for a database being unreachable: that is what the
         report says. Cancelling the call cancels every probe.
         """
-        results = await asyncio.gather(*(self._check_one(database) for database in self._slots))
+        unconfigured = {
+            str(database): slot.unconfigured.env_var or ""
+            for database, slot in self._slots.items()
+            if slot.unconfigured is not None
+        }
+        checked = [database for database in self._slots if str(database) not in unconfigured]
+        results = await asyncio.gather(*(self._check_one(database) for database in checked))
         databases = {health.database: health for health in results}
         return HealthReport(
             status=overall_status(results),
             databases=databases,
             checked_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            unconfigured=unconfigured,
         )
 
-    async def _check_one(self, database: Database) -> DatabaseHealth:
+    async def _check_one(self, database: DatabaseName) -> DatabaseHealth:
         settings: HealthConfig = self._config.get_health_config(database)
         slot, client = self._slots[database], self._clients[database]
         version: str | None = None
@@ -231,7 +220,7 @@ class HealthChecker:
         except PoolTimeoutError as exc:
             error = describe_error(exc)
         except TimeoutError:
-            var = env_var_name(SETTINGS_CLASSES[database], "health_timeout_sec")
+            var = env_var_name(type(self._config.settings_for(database)), "health_timeout_sec")
             error = f"no answer within {settings.timeout:g}s ({var})"
         except Exception as exc:
             error = describe_error(exc)
@@ -239,7 +228,7 @@ class HealthChecker:
         stats = pool.get_stats() if pool is not None else {}
         breaker = slot.breaker.snapshot()
         return DatabaseHealth(
-            database=database.value,
+            database=str(database),
             status=database_status(error is None, str(breaker["state"]), stats),
             required=settings.required,
             latency_ms=latency_ms,
@@ -281,18 +270,6 @@ async def _within(timeout: float, probe: Coroutine[Any, Any, _T]) -> _T:
     return task.result()
 
 
-async def check_health(container: _ContainerLike) -> HealthReport:
-    """Check every database of ``container`` (a ``DatabaseContainer``, or one embedded).
-
-    Probes run concurrently, each bounded by its database's
-    ``PG_[<DB>_]HEALTH_TIMEOUT_SEC``; the whole call takes about as long as
-    the slowest probe. Raises ``ConfigurationError`` only when the settings
-    cannot be read.
-    """
-    checker = await HealthChecker.from_container(container)
-    return await checker.check()
-
-
 def describe_error(exc: BaseException) -> str:
     """Why a database is down, in one line: our messages as they are, others with their type."""
     if isinstance(exc, DatabaseUnavailableError | PoolClosedError | PoolTimeoutError):
@@ -313,7 +290,7 @@ def redact_secrets(text: str, secrets: Iterable[str]) -> str:
 def secrets_of(config: PostgresConfig) -> list[str]:
     """Every DSN and password in ``config``, in the forms they could appear in, longest first."""
     found: set[str] = set()
-    for database in Database:
+    for database in config.databases:
         try:
             dsn = config.get_dsn(database)
         except ConfigurationError:
@@ -329,16 +306,3 @@ def secrets_of(config: PostgresConfig) -> list[str]:
             if password:
                 found.update({password, unquote(password), quote(password, safe="")})
     return sorted((secret for secret in found if secret), key=len, reverse=True)
-
-
-async def _provide(container: _ContainerLike, name: str) -> Any:
-    provider = getattr(container, name, None)
-    if not isinstance(provider, providers.Provider):
-        raise TypeError(
-            f"{type(container).__name__} has no {name!r} provider: health checks need a "
-            "wellwon_db.DatabaseContainer (or one embedded with providers.Container)"
-        )
-    value = provider()
-    if inspect.isawaitable(value):
-        value = await value
-    return value

@@ -11,7 +11,7 @@ from typing import Final
 
 import asyncpg
 
-from wellwon_db.config._database import Database
+from wellwon_db.config._registry import DatabaseName
 from wellwon_db.errors import CircuitOpenError, DatabaseUnavailableError
 
 __all__ = ["is_availability_failure", "translate_error"]
@@ -36,7 +36,7 @@ _UNAVAILABLE: Final = (
 
 def translate_error(
     exc: BaseException,
-    database: Database,
+    database: DatabaseName,
     where: str,
     *,
     may_have_run: bool = True,
@@ -52,9 +52,9 @@ def translate_error(
     if isinstance(exc, asyncpg.InternalClientError):
         may_have_run = False
     return DatabaseUnavailableError(
-        f"the {database.value} database is unavailable ({where}): "
+        f"the {database} database is unavailable ({where}): "
         f"{type(exc).__name__}: {_safe_message(exc)}",
-        database=database.value,
+        database=str(database),
         may_have_run=may_have_run,
         during_commit=during_commit,
     )

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
 import asyncpg
 
-from wellwon_db.config._config import PoolConfig
-from wellwon_db.config._database import Database
+from wellwon_db.config._policies import PoolConfig
+from wellwon_db.config._registry import DatabaseName
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
 from wellwon_db.pool import _fork
 from wellwon_db.pool._failures import translate_error
@@ -134,7 +134,7 @@ class PoolLeases:
     (open one connection) is the pool's.
     """
 
-    _database: Database
+    _database: DatabaseName
     _config: PoolConfig
     _state: PoolState
     _serving: bool
@@ -172,11 +172,11 @@ class PoolLeases:
 
     def _forked_error(self) -> PoolClosedError:
         return PoolClosedError(
-            f"the {self._database.value} pool was opened before this process was forked; its "
+            f"the {self._database} pool was opened before this process was forked; its "
             "connections belong to the parent and cannot be used here. Open pools after "
             "forking (in each worker's start-up or lifespan, not at import time or with "
             "gunicorn --preload), or call stop_databases() then start_databases() in the child",
-            database=self._database.value,
+            database=str(self._database),
         )
 
     def _env(self, field: str) -> str:
@@ -189,9 +189,8 @@ class PoolLeases:
         else:
             what = "is closed; get a new client after starting the container again"
         return PoolClosedError(
-            f"the {self._database.value} database pool {what} "
-            "(wellwon_db.start_databases(container))",
-            database=self._database.value,
+            f"the {self._database} database pool {what} (wellwon_db.start_databases(container))",
+            database=str(self._database),
         )
 
     def _not_serving_error(self) -> Exception:
@@ -199,9 +198,9 @@ class PoolLeases:
             return self._forked_error()
         if self._state is PoolState.OPEN and self._offline:
             return DatabaseUnavailableError(
-                f"the {self._database.value} database at {self._address} has not answered "
+                f"the {self._database} database at {self._address} has not answered "
                 "since start-up; connecting in the background",
-                database=self._database.value,
+                database=str(self._database),
                 may_have_run=False,
             )
         return self._closed_error()
@@ -307,11 +306,11 @@ class PoolLeases:
             self._stats["timeouts"] += 1
             waiters = self._waiting
             raise PoolTimeoutError(
-                f"no connection to the {self._database.value} database within {timeout:g}s: "
+                f"no connection to the {self._database} database within {timeout:g}s: "
                 f"all {self._config.max_size} connections in use, {waiters} tasks waiting "
                 f"(raise {self._env('pool_max_size')} or {self._env('pool_timeout_sec')}, "
                 "or hold connections for shorter)",
-                database=self._database.value,
+                database=str(self._database),
                 max_size=self._config.max_size,
                 waiters=waiters,
                 timeout=timeout,
@@ -397,9 +396,9 @@ class PoolLeases:
         """Translate a failure to open a connection."""
         if isinstance(exc, TimeoutError):
             return DatabaseUnavailableError(
-                f"the {self._database.value} database at {self._address} did not answer "
+                f"the {self._database} database at {self._address} did not answer "
                 f"within the connect timeout of {self._config.connect_timeout:g}s",
-                database=self._database.value,
+                database=str(self._database),
                 may_have_run=False,
             )
         return translate_error(
@@ -448,9 +447,9 @@ class PoolLeases:
 
     def _no_live_connection_error(self) -> DatabaseUnavailableError:
         return DatabaseUnavailableError(
-            f"the {self._database.value} database at {self._address}: pooled connections are "
+            f"the {self._database} database at {self._address}: pooled connections are "
             "dead and no live one could be had in time",
-            database=self._database.value,
+            database=str(self._database),
             may_have_run=False,
         )
 
@@ -487,7 +486,7 @@ class PoolLeases:
         try:
             await connection.execute("SELECT 1", timeout=self._config.connect_timeout)
         except (TimeoutError, Exception):
-            logger.debug("a %s connection failed its check", self._database.value, exc_info=True)
+            logger.debug("a %s connection failed its check", self._database, exc_info=True)
             return False
         return True
 
@@ -528,7 +527,7 @@ class PoolLeases:
         if not pressed:
             if self._pressure_since is not None:
                 if self._pressure_warned:
-                    logger.info("the %s pool is no longer under pressure", self._database.value)
+                    logger.info("the %s pool is no longer under pressure", self._database)
                 self._pressure_since = None
                 self._pressure_warned = False
             return
@@ -540,14 +539,14 @@ class PoolLeases:
             logger.warning(
                 "the %s pool has been under pressure for %.1fs: %d of %d connections in use, "
                 "%d tasks waiting (raise %s, or hold connections for shorter)",
-                self._database.value,
+                self._database,
                 now - self._pressure_since,
                 self._leased,
                 config.max_size,
                 self._waiting,
                 self._env("pool_max_size"),
                 extra={
-                    "database": self._database.value,
+                    "database": str(self._database),
                     "in_use": self._leased,
                     "max_size": config.max_size,
                     "waiting": self._waiting,
@@ -627,7 +626,7 @@ class PoolLeases:
         except Exception as exc:
             # The session's state is unknown (reset failed, or the connection
             # is busy cancelling a statement): never hand it out again.
-            logger.debug("discarding a %s connection: %r", self._database.value, exc)
+            logger.debug("discarding a %s connection: %r", self._database, exc)
             self._drop(connection)
             return
         info.idle_since = _monotonic()
@@ -658,7 +657,7 @@ class PoolLeases:
         self._end_lease(self._connections.get(connection), _monotonic())
         task = asyncio.get_running_loop().create_task(
             self.finish_release(connection, effect, settle=True),
-            name=f"wellwon_db-release-{self._database.value}",
+            name=f"wellwon_db-release-{self._database}",
         )
         self._releasing.add(task)
         task.add_done_callback(self._released)
@@ -698,7 +697,7 @@ class PoolLeases:
         """Close a connection the pool no longer tracks, politely, in the background."""
         task = asyncio.get_running_loop().create_task(
             self._close_in_slot(connection),
-            name=f"wellwon_db-close-{self._database.value}",
+            name=f"wellwon_db-close-{self._database}",
         )
         self._releasing.add(task)
         task.add_done_callback(self._released)

@@ -26,9 +26,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from wellwon_db.config._config import PoolConfig, TelemetryConfig
-from wellwon_db.config._database import Database
 from wellwon_db.config._dsn import redact_dsn
+from wellwon_db.config._policies import PoolConfig, TelemetryConfig
+from wellwon_db.config._registry import DatabaseName
 from wellwon_db.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -78,16 +78,15 @@ class DatabasePool(PoolLeases):
 
     def __init__(
         self,
-        database: Database,
+        database: DatabaseName,
         dsn: str,
         config: PoolConfig,
         *,
         telemetry: TelemetryConfig | None = None,
     ) -> None:
-        if config.database is not database:
+        if config.database != database:
             raise ValueError(
-                f"PoolConfig of the {config.database.value} database given for "
-                f"the {database.value} database"
+                f"PoolConfig of the {config.database} database given for the {database} database"
             )
         self._database = database
         self._dsn = dsn
@@ -139,7 +138,7 @@ class DatabasePool(PoolLeases):
         self._dbname = parts.path.lstrip("/") or None
         single_host = "," not in parts.netloc
         self.telemetry = PoolTelemetry(
-            database.value,
+            str(database),
             host=parts.hostname if single_host else None,
             port=_port(parts) if single_host else None,
             namespace=self._dbname,
@@ -150,8 +149,8 @@ class DatabasePool(PoolLeases):
     # -- description ---------------------------------------------------------
 
     @property
-    def database(self) -> Database:
-        """The logical database this pool serves."""
+    def database(self) -> DatabaseName:
+        """The database this pool serves (a ``Database`` member for the built-in ones)."""
         return self._database
 
     @property
@@ -171,7 +170,7 @@ class DatabasePool(PoolLeases):
 
     def __repr__(self) -> str:
         return (
-            f"<DatabasePool {self._database.value} {redact_dsn(self._dsn)} "
+            f"<DatabasePool {self._database} {redact_dsn(self._dsn)} "
             f"{self._state.value} size={self._config.min_size}..{self._config.max_size}>"
         )
 
@@ -190,9 +189,9 @@ class DatabasePool(PoolLeases):
         """
         if self._state is not PoolState.NEW:
             raise PoolClosedError(
-                f"the {self._database.value} pool was already opened ({self._state.value}); "
+                f"the {self._database} pool was already opened ({self._state.value}); "
                 "create a new DatabasePool instead of reopening one",
-                database=self._database.value,
+                database=str(self._database),
             )
         self._state = PoolState.OPENING
         self._fork_generation = _fork.generation
@@ -210,7 +209,7 @@ class DatabasePool(PoolLeases):
                 raise
             logger.warning(
                 "starting without the %s database (%s); connecting in the background",
-                self._database.value,
+                self._database,
                 exc,
             )
             offline = True
@@ -220,7 +219,7 @@ class DatabasePool(PoolLeases):
         self._state = PoolState.OPEN
         self._offline = offline
         self._serving = not offline
-        name = self._database.value
+        name = self._database
         if offline:
             self._connector = asyncio.create_task(
                 self._connect_in_background(), name=f"wellwon_db-connect-{name}"
@@ -233,9 +232,9 @@ class DatabasePool(PoolLeases):
 
     def _closed_while_opening(self) -> PoolClosedError:
         return PoolClosedError(
-            f"the {self._database.value} pool was closed while it was opening; "
+            f"the {self._database} pool was closed while it was opening; "
             "nothing it opened stays open",
-            database=self._database.value,
+            database=str(self._database),
         )
 
     async def _check_capacity(self) -> None:
@@ -262,7 +261,7 @@ class DatabasePool(PoolLeases):
         if needed <= available:
             return
         message = (
-            f"the {self._database.value} database cannot hold this service's pools: "
+            f"the {self._database} database cannot hold this service's pools: "
             f"{config.workers} workers x max_size {config.max_size} = {needed} connections, "
             f"but the server has {available} free (max_connections {row['max_connections']}, "
             f"{reserved} reserved, {others} used by others); lower "
@@ -271,7 +270,7 @@ class DatabasePool(PoolLeases):
         )
         if config.capacity_check == "refuse":
             raise ConfigurationError(message, env_var=self._env("pool_budget"))
-        logger.warning(message, extra={"database": self._database.value, "needed": needed})
+        logger.warning(message, extra={"database": str(self._database), "needed": needed})
 
     async def _connect_within(self, wait: float) -> None:
         if wait <= 0:
@@ -314,7 +313,7 @@ class DatabasePool(PoolLeases):
         self._offline = False
         self._serving = self._state is PoolState.OPEN
         self._connector = None
-        logger.warning("the %s database answers again: pool connected", self._database.value)
+        logger.warning("the %s database answers again: pool connected", self._database)
         self._refill_soon()
 
     async def _first_connection(self) -> None:
@@ -323,7 +322,7 @@ class DatabasePool(PoolLeases):
     def _log_background_failure(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         log = logger.debug if isinstance(error, DatabaseUnavailableError) else logger.warning
-        log("the %s database is still not reachable: %s", self._database.value, error)
+        log("the %s database is still not reachable: %s", self._database, error)
 
     async def _connect(self, *, pooled: bool = True) -> Connection:
         """Open one connection and start tracking it (its slot is counted already).
@@ -368,7 +367,7 @@ class DatabasePool(PoolLeases):
         if self._size >= self._config.min_size:
             return
         self._refill = asyncio.get_running_loop().create_task(
-            self._refill_to_min(), name=f"wellwon_db-refill-{self._database.value}"
+            self._refill_to_min(), name=f"wellwon_db-refill-{self._database}"
         )
 
     async def _refill_to_min(self) -> None:
@@ -377,7 +376,7 @@ class DatabasePool(PoolLeases):
                 self._put_back(await self._grow())
         except Exception as exc:
             # The next release, acquire or housekeeping round tries again.
-            logger.debug("could not restore the %s pool's minimum: %r", self._database.value, exc)
+            logger.debug("could not restore the %s pool's minimum: %r", self._database, exc)
         finally:
             self._refill = None
 
@@ -523,11 +522,11 @@ class DatabasePool(PoolLeases):
         logger.warning(
             "the %s pool did not drain within %.1fs: %d connections still in use were "
             "terminated; held by: %s",
-            self._database.value,
+            self._database,
             timeout,
             len(holders),
             ", ".join(holders) or "unknown",
-            extra={"database": self._database.value, "holders": holders},
+            extra={"database": str(self._database), "holders": holders},
         )
 
     def _forked(self) -> bool:
@@ -543,7 +542,7 @@ class DatabasePool(PoolLeases):
         logger.warning(
             "the %s pool was opened in a parent process; abandoning it in this forked child "
             "(its connections belong to the parent)",
-            self._database.value,
+            self._database,
         )
         # Never closed here: closing would end the parent's sessions. Kept
         # referenced so that garbage collection does not close them either.
@@ -579,7 +578,7 @@ class DatabasePool(PoolLeases):
         size = sum(not c.is_closed() for c in self._connections)
         idle = sum(not c.is_closed() for c in self._idle)
         return {
-            "database": self._database.value,
+            "database": str(self._database),
             "state": self._state.value,
             "min_size": self._config.min_size,
             "max_size": self._config.max_size,

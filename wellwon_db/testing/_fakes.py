@@ -19,7 +19,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -28,8 +28,9 @@ from dependency_injector import providers
 from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._transaction import IsolationLevel, TransactionScope
-from wellwon_db.config._database import Database
-from wellwon_db.di._container import ContainerLike
+from wellwon_db.config._registry import Database, database_name
+from wellwon_db.di._providers import ContainerLike, database_members
+from wellwon_db.errors import ConfigurationError
 from wellwon_db.pool._pool import Connection
 
 __all__ = [
@@ -152,8 +153,8 @@ class FakeDatabaseClient(DatabaseClient):
     __slots__ = ("_scripts", "calls", "strict")
 
     def __init__(self, *, strict: bool = False) -> None:
-        database = type(self).database_kind or Database.MAIN
-        super().__init__(PoolSlot(database))
+        spec = type(self).spec
+        super().__init__(PoolSlot(spec.name if spec is not None else Database.MAIN))
         self._scripts: list[_Script] = []
         self.calls: list[FakeCall] = []
         self.strict = strict
@@ -379,40 +380,132 @@ class FakeReferenceDB(FakeDatabaseClient, ReferenceDB):
     __slots__ = ()
 
 
-@dataclass
-class FakeDatabases:
-    """The fakes :func:`override_with_fakes` put in place."""
+def fake_client_class(client_class: type[DatabaseClient]) -> type[FakeDatabaseClient]:
+    """The fake of a typed client class: a subclass of both, so it passes where the real one is
+    expected. ``FakeMainDB`` and ``FakeReferenceDB`` for the built-in ones; made (once) for others.
+    """
+    if issubclass(client_class, FakeDatabaseClient):
+        return client_class
+    made = _FAKE_CLASSES.get(client_class)
+    if made is None:
+        made = type(
+            f"Fake{client_class.__name__}",
+            (FakeDatabaseClient, client_class),
+            {"__slots__": (), "__doc__": f"A fake ``{client_class.__name__}``."},
+        )
+        _FAKE_CLASSES[client_class] = made
+    return made
 
-    main: FakeMainDB = field(default_factory=FakeMainDB)
-    reference: FakeReferenceDB = field(default_factory=FakeReferenceDB)
+
+_FAKE_CLASSES: dict[type[DatabaseClient], type[FakeDatabaseClient]] = {
+    MainDB: FakeMainDB,
+    ReferenceDB: FakeReferenceDB,
+}
+
+
+class FakeDatabases:
+    """The fakes :func:`override_with_fakes` put in place, one per database.
+
+    ``fakes.main`` and ``fakes.reference`` are typed; any database's fake is
+    ``fakes["audit"]`` (or ``fakes.for_database("audit")``, or ``fakes.audit``).
+    Fakes passed in (``FakeDatabases(main=my_fake)``) are used as they are;
+    the others are made when the container's databases are known.
+    """
+
+    def __init__(
+        self,
+        main: FakeMainDB | None = None,
+        reference: FakeReferenceDB | None = None,
+        **others: FakeDatabaseClient,
+    ) -> None:
+        self._fakes: dict[str, FakeDatabaseClient] = {}
+        for name, fake in {"main": main, "reference": reference, **others}.items():
+            if fake is not None:
+                self._fakes[str(database_name(name))] = fake
+
+    @property
+    def main(self) -> FakeMainDB:
+        """The main database's fake."""
+        fake = self.for_database(Database.MAIN)
+        assert isinstance(fake, FakeMainDB)
+        return fake
+
+    @property
+    def reference(self) -> FakeReferenceDB:
+        """The reference database's fake."""
+        fake = self.for_database(Database.REFERENCE)
+        assert isinstance(fake, FakeReferenceDB)
+        return fake
 
     def for_database(self, database: Database | str) -> FakeDatabaseClient:
-        """The fake of ``database``."""
-        fake: FakeDatabaseClient = getattr(self, Database.parse(database).value)
-        return fake
+        """The fake of ``database``; ``KeyError`` when it has none."""
+        name = str(database_name(database))
+        if name not in self._fakes and name in _BUILT_IN:
+            self._fakes[name] = _BUILT_IN[name]()
+        try:
+            return self._fakes[name]
+        except KeyError:
+            raise KeyError(
+                f"no fake for the {name} database (fakes for: {', '.join(self._fakes)})"
+            ) from None
+
+    def __getitem__(self, database: Database | str) -> FakeDatabaseClient:
+        return self.for_database(database)
+
+    def __getattr__(self, name: str) -> FakeDatabaseClient:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self.for_database(name)
+        except (KeyError, ConfigurationError):
+            raise AttributeError(name) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fakes)
+
+    def ensure(
+        self, database: Database | str, client_class: type[DatabaseClient]
+    ) -> FakeDatabaseClient:
+        """The fake of ``database``, made from ``client_class`` if there is none yet."""
+        name = str(database_name(database))
+        if name not in self._fakes:
+            self._fakes[name] = fake_client_class(client_class)()
+        return self._fakes[name]
+
+
+_BUILT_IN: dict[str, type[FakeDatabaseClient]] = {"main": FakeMainDB, "reference": FakeReferenceDB}
 
 
 @contextmanager
 def override_with_fakes(
     container: ContainerLike, fakes: FakeDatabases | None = None
 ) -> Iterator[FakeDatabases]:
-    """Override ``container``'s clients with fakes and its pools with ``None``.
+    """Override every database client of ``container`` with a fake and its pool with ``None``.
 
-    ``container`` is a ``DatabaseContainer`` or an embedded one
-    (``app.db``). Inside the block no pool opens, whatever the environment
-    says; on leaving it the real providers are back.
+    ``container`` is a ``DatabaseContainer``, an embedded one (``app.db``),
+    or an application container holding database providers (an application's
+    own databases included). Inside the block no pool opens, whatever the
+    environment says; on leaving it the real providers are back.
     """
     fakes = fakes or FakeDatabases()
     overridden: list[providers.Provider[Any]] = []
     try:
-        for database in Database:
-            client_provider = getattr(container, f"{database.value}_db")
-            pool_provider = getattr(container, f"{database.value}_pool")
-            client_provider.override(providers.Object(fakes.for_database(database)))
-            overridden.append(client_provider)
-            pool_provider.override(providers.Object(None))
-            overridden.append(pool_provider)
+        for member in database_members(container):
+            if member.client is not None:
+                client_class = _provided_class(member.client)
+                fake = fakes.ensure(member.name, client_class)
+                member.client.override(providers.Object(fake))
+                overridden.append(member.client)
+            member.pool.override(providers.Object(None))
+            overridden.append(member.pool)
         yield fakes
     finally:
         for provider in reversed(overridden):
             provider.reset_last_overriding()
+
+
+def _provided_class(provider: providers.Provider[Any]) -> type[DatabaseClient]:
+    provides = getattr(provider, "provides", None)
+    if isinstance(provides, type) and issubclass(provides, DatabaseClient):
+        return provides
+    return DatabaseClient

@@ -1,0 +1,218 @@
+"""The providers of one database, generated in one place, and finding them again in a container.
+
+:func:`database_providers` makes the trio every database gets: a slot
+(``Singleton[PoolSlot]``: where its pool, breaker and retry policy live), a
+pool (``Resource``: opens the pool into the slot, closes it on shutdown) and
+a typed client (``Singleton[<client class>]`` on the slot). The
+``DatabaseContainer`` declares main and reference with it; an application
+declares its own the same way. :func:`database_members` finds them in any
+container by their structure, not by their names, so lifecycle helpers,
+health, fakes and the CLI work for every database a container holds, and
+leave every other provider (an application's Redis) alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
+
+from dependency_injector import containers, providers
+
+from wellwon_db.client._client import DatabaseClient
+from wellwon_db.client._slot import PoolSlot
+from wellwon_db.config._config import PostgresConfig
+from wellwon_db.config._registry import DatabaseName, DatabaseSpec, client_class_of, spec_for
+from wellwon_db.pool._pool import DatabasePool
+from wellwon_db.telemetry._telemetry import register_breaker, unregister_breaker
+
+__all__ = [
+    "ContainerLike",
+    "DatabaseMember",
+    "DatabaseProviders",
+    "database_members",
+    "database_providers",
+    "ensure_database",
+    "open_database_pool",
+]
+
+logger = logging.getLogger("wellwon_db.container")
+
+#: A ``DatabaseContainer`` instance, or one embedded with ``providers.Container``.
+ContainerLike: TypeAlias = "containers.Container | providers.Container[Any]"
+
+_C = TypeVar("_C", bound=DatabaseClient)
+
+
+async def open_database_pool(
+    spec: DatabaseSpec, config: PostgresConfig, slot: PoolSlot
+) -> AsyncIterator[DatabasePool | None]:
+    """Resource body: open ``spec``'s pool with its own settings and put it in ``slot``.
+
+    A database whose DSN is unset is off: nothing opens, and its client
+    raises ``ConfigurationError`` naming the variable to set, unless its
+    ``PG_[<DB>_]STARTUP_DSN_REQUIRED`` is true, which fails here instead. On
+    shutdown the slot is emptied first (new calls fail fast with
+    ``PoolClosedError``), then the pool closes.
+    """
+    if slot.database != spec.name:
+        raise ValueError(f"the {slot.database} slot given for the {spec.name} pool")
+    settings = config.settings_for(spec.name)
+    if settings.dsn is None:
+        missing = config.missing_dsn_error(spec.name)
+        if settings.startup_dsn_required:
+            raise missing
+        slot.unconfigured = missing
+        logger.info(
+            "the %s database is not configured (%s unset): off", spec.name, missing.env_var
+        )
+        try:
+            yield None
+        finally:
+            slot.unconfigured = None
+        return
+    slot.unconfigured = None
+    slot.configure(config.get_breaker_config(spec.name), config.get_retry_config(spec.name))
+    pool = DatabasePool(
+        spec.name,
+        config.get_dsn(spec.name),
+        config.get_pool_config(spec.name),
+        telemetry=config.get_telemetry_config(spec.name),
+    )
+    await pool.open()
+    slot.pool = pool
+    register_breaker(slot.breaker)
+    try:
+        yield pool
+    finally:
+        unregister_breaker(slot.breaker)
+        if slot.pool is pool:
+            slot.pool = None
+        await pool.close()
+
+
+class DatabaseProviders(NamedTuple, Generic[_C]):
+    """The providers of one database: unpack them into a container's class body."""
+
+    slot: providers.Singleton[PoolSlot]
+    pool: providers.Resource[DatabasePool | None]
+    client: providers.Singleton[_C]
+
+
+def database_providers(
+    client_class: type[_C],
+    config: providers.Provider[PostgresConfig],
+    *,
+    spec: DatabaseSpec | None = None,
+) -> DatabaseProviders[_C]:
+    """The slot, pool and client providers of ``client_class``'s database.
+
+    ``client_class`` is a typed client (``class AuditDB(DatabaseClient,
+    database="audit")``); ``config`` is the container's settings provider
+    (``DatabaseContainer.config``)::
+
+        class AppDatabases(DatabaseContainer):
+            audit_slot, audit_pool, audit_db = database_providers(
+                AuditDB, DatabaseContainer.config
+            )
+
+    ``spec`` gives the database of an untyped client (``DatabaseClient``).
+    Raises ``TypeError`` for a client class that names no database.
+    """
+    spec = spec or client_class.spec
+    if spec is None or not (
+        isinstance(client_class, type) and issubclass(client_class, DatabaseClient)
+    ):
+        raise TypeError(
+            f"{getattr(client_class, '__name__', client_class)!r} names no database: declare it "
+            'as `class AuditDB(DatabaseClient, database="audit")`'
+        )
+    slot = providers.Singleton(PoolSlot, spec.name)
+    pool: providers.Resource[DatabasePool | None] = providers.Resource(
+        open_database_pool, spec, config, slot
+    )
+    client = providers.Singleton(client_class, slot)
+    return DatabaseProviders(slot, pool, client)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseMember:
+    """One database's providers as found in a container."""
+
+    spec: DatabaseSpec
+    slot: providers.Singleton[PoolSlot]
+    pool: providers.Resource[Any]
+    client: providers.Singleton[DatabaseClient] | None
+    config: providers.Provider[PostgresConfig]
+
+    @property
+    def name(self) -> DatabaseName:
+        """The database's name."""
+        return self.spec.name
+
+
+def _providers_of(container: Any) -> dict[str, providers.Provider[Any]]:
+    found: dict[str, providers.Provider[Any]] = dict(container.providers)
+    return found
+
+
+def _walk(container: Any) -> Iterator[providers.Provider[Any]]:
+    for provider in _providers_of(container).values():
+        yield provider
+        if isinstance(provider, providers.Container):
+            yield from _walk(provider)
+
+
+def database_members(container: ContainerLike) -> list[DatabaseMember]:
+    """Every database whose providers ``container`` holds (in embedded containers too).
+
+    Found by structure: a ``Resource`` of :func:`open_database_pool`, its
+    slot, and the client ``Singleton`` on that slot. Ordered as declared.
+    """
+    all_providers = list(_walk(container))
+    members: list[DatabaseMember] = []
+    for provider in all_providers:
+        if not isinstance(provider, providers.Resource):
+            continue
+        # dependency-injector wraps an async generator function; ``__wrapped__`` is ours.
+        if getattr(provider.provides, "__wrapped__", provider.provides) is not open_database_pool:
+            continue
+        args: tuple[Any, ...] = tuple(provider.args)
+        spec, config, slot = args[0], args[1], args[2]
+        client = next(
+            (
+                candidate
+                for candidate in all_providers
+                if isinstance(candidate, providers.Singleton)
+                and candidate.args
+                and candidate.args[0] is slot
+                and isinstance(candidate.provides, type)
+                and issubclass(candidate.provides, DatabaseClient)
+            ),
+            None,
+        )
+        members.append(DatabaseMember(spec, slot, provider, client, config))
+    return members
+
+
+def ensure_database(
+    container: containers.Container, database: DatabaseName
+) -> DatabaseProviders[DatabaseClient]:
+    """``database``'s providers in ``container``, added (with its declared client class, else a
+    plain ``DatabaseClient``) when the container has none: for the seed API and the CLI,
+    which serve any database the environment names.
+    """
+    spec = spec_for(database)
+    for member in database_members(container):
+        if member.name == spec.name and member.client is not None:
+            return DatabaseProviders(member.slot, member.pool, member.client)
+    client_class = client_class_of(spec.name)
+    if not (isinstance(client_class, type) and issubclass(client_class, DatabaseClient)):
+        client_class = DatabaseClient
+    config = container.config
+    made = database_providers(client_class, config, spec=spec)
+    container.set_provider(f"{spec.name}_slot", made.slot)
+    container.set_provider(f"{spec.name}_pool", made.pool)
+    container.set_provider(f"{spec.name}_db", made.client)
+    return made
