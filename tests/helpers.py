@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -67,3 +71,22 @@ def pool_config(database: Database = Database.MAIN, **overrides: Any) -> PoolCon
     """``database``'s pool settings from a clean environment, with ``overrides``."""
     base = PostgresConfig.load(env_file=None).get_pool_config(database)
     return dataclasses.replace(base, **overrides)
+
+
+def run_cli(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``python -m wellwon_db *args`` with no PG_*/POSTGRES_* variable but ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG_", "POSTGRES_"))}
+    env.update(settings)
+    result = subprocess.run(
+        [sys.executable, "-m", "wellwon_db", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cwd,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    return result

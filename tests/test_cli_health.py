@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import SECRET, Servers
+from tests.helpers import SECRET, Servers, run_cli
 from wellwon_db.cli._cli import EXIT_CONFIG, EXIT_DEGRADED, EXIT_DOWN, EXIT_OK, main
 from wellwon_db.testing import PostgresServer
 
 ROW = re.compile(r"^(main|reference)\s+(ok|degraded|down)\s+(yes|no)\s+(\S+)\s+(.*)$", re.M)
 SETTING = re.compile(r"^  (\S+)\s+(.*?)\s+(default|derived|env|\.env)$", re.M)
-
-
-def run_cli(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProcess[str]:
-    """``python -m wellwon_db *args`` with no PG_*/POSTGRES_* variable but ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG_", "POSTGRES_"))}
-    env.update(settings)
-    result = subprocess.run(
-        [sys.executable, "-m", "wellwon_db", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        cwd=cwd,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    assert SECRET not in result.stdout + result.stderr
-    return result
 
 
 def rows(stdout: str) -> dict[str, tuple[str, ...]]:

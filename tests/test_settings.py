@@ -166,7 +166,7 @@ PER_DATABASE = [
 ]
 
 
-def _value(config: PostgresConfig, database: Database, field: str) -> object:
+def _value(config: PostgresConfig, database: Database | str, field: str) -> object:
     value = getattr(config.settings_for(database), field)
     return value.get_secret_value() if field == "dsn" and value is not None else value
 
@@ -460,3 +460,19 @@ def test_bad_web_concurrency_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError, match="WEB_CONCURRENCY") as caught:
         PostgresConfig.load()
     assert caught.value.env_var == "WEB_CONCURRENCY"
+
+
+@pytest.mark.parametrize(
+    ("field", "main_var", "ref_var", "value"), [row for row in PER_DATABASE if row[3]]
+)
+def test_each_variable_of_an_undeclared_database_is_its_own(
+    monkeypatch: pytest.MonkeyPatch, field: str, main_var: str, ref_var: str, value: str
+) -> None:
+    """Regression (bug 3) for a third database: ``PG_AUDIT_*`` changes audit only."""
+    audit_var = ref_var.replace("REFERENCE", "AUDIT")
+    baseline = PostgresConfig.load()
+    monkeypatch.setenv(audit_var, value)
+    config = PostgresConfig.load()
+    assert _value(config, "audit", field) != _value(baseline, "audit", field)
+    for untouched in (Database.MAIN, Database.REFERENCE):
+        assert _value(config, untouched, field) == _value(baseline, untouched, field)

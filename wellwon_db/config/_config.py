@@ -41,6 +41,7 @@ from wellwon_db.config._settings import (
     DatabaseSettings,
     env_var_name,
     env_var_names,
+    from_code,
     settings_class,
 )
 from wellwon_db.errors import ConfigurationError
@@ -70,7 +71,16 @@ class PostgresConfig:
     Immutable.
     """
 
-    __slots__ = ("_env_file", "_from_env", "_lock", "_named", "_sections", "_values")
+    __slots__ = (
+        "_env_file",
+        "_environ",
+        "_from_env",
+        "_loading",
+        "_lock",
+        "_named",
+        "_sections",
+        "_values",
+    )
 
     def __init__(
         self,
@@ -81,6 +91,8 @@ class PostgresConfig:
         values = {**(databases or {}), **sections}
         self._from_env = False
         self._env_file: str | Path | None = None
+        self._environ: Mapping[str, str] = {}
+        self._loading = False
         self._named: tuple[DatabaseName, ...] = ()
         self._lock = threading.Lock()
         self._values: dict[str, Mapping[str, Any]] = {}
@@ -117,11 +129,16 @@ class PostgresConfig:
         config = cls.__new__(cls)
         config._from_env = True
         config._env_file = env_file
+        config._environ = environ
         config._lock = threading.Lock()
         config._values = {str(database_name(k)): v for k, v in (values or {}).items()}
         config._sections = {}
         config._named = tuple(check_variables(environ, declared_databases()))
-        config._load_declared()
+        config._loading = True
+        try:
+            config._load_declared()
+        finally:
+            config._loading = False
         return config
 
     @classmethod
@@ -162,14 +179,19 @@ class PostgresConfig:
         with self._lock:
             section = self._sections.get(key)
             if section is None:
-                section = _make_section(
-                    spec,
-                    self._values.get(key, {}),
-                    self._env_file if self._from_env else None,
-                    from_env=self._from_env,
-                )
+                section = self._make(spec)
                 self._sections[key] = section
         return section
+
+    def _make(self, spec: DatabaseSpec) -> DatabaseSettings:
+        values = self._values.get(str(spec.name), {})
+        if not self._from_env:
+            return _make_section(spec, values, None, from_env=False)
+        if self._loading:
+            return _make_section(spec, values, self._env_file, from_env=True)
+        # A database first named after load: from the environment as it was at load time.
+        snapshot = _from_snapshot(settings_class(spec), self._environ)
+        return _make_section(spec, {**snapshot, **values}, None, from_env=False)
 
     # -- reading ---------------------------------------------------------------
 
@@ -271,6 +293,7 @@ class PostgresConfig:
         updated = self.settings_for(database).model_copy(update=changes)
         copy = PostgresConfig.__new__(PostgresConfig)
         copy._from_env, copy._env_file, copy._named = self._from_env, self._env_file, self._named
+        copy._environ, copy._loading = self._environ, False
         copy._lock = threading.Lock()
         copy._values = dict(self._values)
         copy._sections = {**self._sections, str(updated.database): updated}
@@ -326,9 +349,20 @@ def _make_section(
     try:
         if from_env:
             return settings(_env_file=env_file, **values)  # type: ignore[call-arg]
-        return settings.model_validate(dict(values))
+        return from_code(settings, dict(values))
     except ValidationError as exc:
         raise _translate(settings, exc) from None
+
+
+def _from_snapshot(settings: type[DatabaseSettings], environ: Mapping[str, str]) -> dict[str, str]:
+    """``settings``' fields as the variables in ``environ`` set them (the first name wins)."""
+    values: dict[str, str] = {}
+    for field in settings.model_fields:
+        for name in env_var_names(settings, field):
+            if name in environ:
+                values[field] = environ[name]
+                break
+    return values
 
 
 def _translate(settings: type[DatabaseSettings], exc: ValidationError) -> ConfigurationError:

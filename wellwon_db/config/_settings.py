@@ -22,12 +22,13 @@ code by their names (``pool_max_size=5``) as well as through the variables.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic import model_validator as _model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from wellwon_db.config._dsn import validate_dsn
 from wellwon_db.config._registry import MAIN, REFERENCE, Database, DatabaseSpec
@@ -41,12 +42,25 @@ __all__ = [
     "ResetPolicy",
     "env_var_name",
     "env_var_names",
+    "from_code",
     "settings_class",
 ]
 
 ResetPolicy = Literal["smart", "always"]
 
 DEFAULT_ENV_FILE = ".env"
+
+#: True while settings are built from code alone: no environment, no ``.env``.
+_CODE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("code_only", default=False)
+
+
+def from_code(settings: type[DatabaseSettings], values: dict[str, Any]) -> DatabaseSettings:
+    """Validate ``settings`` from ``values`` (by field name) alone: no environment, no file."""
+    token = _CODE_ONLY.set(True)
+    try:
+        return settings(**values)
+    finally:
+        _CODE_ONLY.reset(token)
 
 
 class DatabaseSettings(BaseSettings):
@@ -65,6 +79,20 @@ class DatabaseSettings(BaseSettings):
         validate_by_name=True,
         validate_by_alias=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Values given in code win over the environment, which wins over ``.env``."""
+        if _CODE_ONLY.get():
+            return (init_settings,)
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings)
 
     #: The database these settings belong to (set by subclasses).
     spec: ClassVar[DatabaseSpec]

@@ -30,7 +30,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dependency_injector import containers, providers
 
@@ -97,7 +97,28 @@ async def check_health(container: ContainerLike) -> HealthReport:
     return await health_checker(container).check()
 
 
-class DatabaseContainer(containers.DeclarativeContainer):
+if TYPE_CHECKING:  # the stubs do not declare the metaclass
+    _DeclarativeMeta = type
+else:
+    _DeclarativeMeta = type(containers.DeclarativeContainer)
+
+
+class _DatabaseContainerMeta(_DeclarativeMeta):
+    """Gives every ``DatabaseContainer`` class (subclasses too) a ``health`` provider of its own.
+
+    ``providers.Self`` is made per class, so a ``health`` declared once on the
+    base would check the base's databases only, never those a subclass adds.
+    """
+
+    def __new__(mcs, class_name: str, bases: tuple[type, ...], attributes: dict[str, Any]) -> type:
+        cls = super().__new__(mcs, class_name, bases, attributes)
+        if "health" not in attributes:
+            own_self: providers.Self[Any] = getattr(cls, "__self__")  # noqa: B009 (set by the metaclass)
+            cls.health = providers.Factory(health_checker, own_self)  # type: ignore[attr-defined]
+        return cls
+
+
+class DatabaseContainer(containers.DeclarativeContainer, metaclass=_DatabaseContainerMeta):
     """Settings, one pool Resource per database and the typed clients.
 
     Embed it with ``providers.Container(DatabaseContainer)``; start it with
@@ -115,8 +136,6 @@ class DatabaseContainer(containers.DeclarativeContainer):
     ``Closing[...]`` on a client cannot shut the shared pool down.
     """
 
-    __self__ = providers.Self()
-
     settings = providers.Configuration(strict=False)
     config: providers.Singleton[PostgresConfig] = providers.Singleton(
         load_container_config, settings
@@ -125,7 +144,8 @@ class DatabaseContainer(containers.DeclarativeContainer):
     main_slot, main_pool, main_db = database_providers(MainDB, config)
     reference_slot, reference_pool, reference_db = database_providers(ReferenceDB, config)
 
-    health: providers.Factory[HealthChecker] = providers.Factory(health_checker, __self__)
+    #: A :class:`HealthChecker` of every database of this container (set by the metaclass).
+    health: providers.Factory[HealthChecker]
 
 
 async def resolve(provider: providers.Provider[_T]) -> _T:
