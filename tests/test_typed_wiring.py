@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SNIPPET = '''
+SNIPPET = """
 from dependency_injector import providers
 
 from wellwon_db import DatabaseClient, DatabaseContainer, MainDB, ReferenceDB, database_providers
@@ -27,11 +27,14 @@ class ReportService:
         self.main, self.reference = main, reference
 
 
+main_db, reference_db = DatabaseContainer.main_db, DatabaseContainer.reference_db
+
+
 class AppDatabases(DatabaseContainer):
     ledger_slot, ledger_pool, ledger_db = database_providers(LedgerDB, DatabaseContainer.config)
-    reports = typed_factory(ReportService, DatabaseContainer.main_db, DatabaseContainer.reference_db)
-    swapped = typed_factory(ReportService, DatabaseContainer.reference_db, DatabaseContainer.main_db)  # WRONG
-    ledger_for_main = typed_factory(ReportService, ledger_db, DatabaseContainer.reference_db)  # WRONG
+    reports = typed_factory(ReportService, main_db, reference_db)
+    swapped = typed_factory(ReportService, reference_db, main_db)  # WRONG
+    ledger_for_main = typed_factory(ReportService, ledger_db, reference_db)  # WRONG
 
 
 main_provider: providers.Provider[MainDB] = DatabaseContainer.main_db
@@ -40,7 +43,7 @@ reveal_type(DatabaseContainer.main_db)
 reveal_type(DatabaseContainer.reference_db())
 reveal_type(AppDatabases.ledger_db)
 reveal_type(AppDatabases.reports())
-'''
+"""
 
 
 @pytest.mark.slow
