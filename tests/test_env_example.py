@@ -16,6 +16,8 @@ def test_every_variable_is_listed() -> None:
     text = EXAMPLE.read_text()
     listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
     for spec in declared_databases():
+        if not isinstance(spec.name, Database):
+            continue  # declared by a test module, not by the library
         settings = settings_class(spec)
         for field in settings.model_fields:
             assert env_var_names(settings, field)[0] in listed, field
