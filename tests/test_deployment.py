@@ -18,6 +18,7 @@ from wellwon_db import (
     close_pools,
     fetchval_for_db,
     get_postgres_config,
+    init_pool_for_db,
     start_databases,
     stop_databases,
 )
@@ -102,6 +103,30 @@ def test_seed_functions_reopen_transparently_in_a_forked_child(
 
     try:
         assert _in_child(child) == 0
+        assert loop.run_until_complete(fetchval_for_db("SELECT pg_backend_pid()")) == parent_pid
+    finally:
+        loop.run_until_complete(close_pools())
+
+
+def test_init_pool_for_db_gives_a_forked_child_its_own_pool(
+    db_env: Servers, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Regression: the child got the parent's pool, which raised PoolClosedError on use."""
+    parent_pool = loop.run_until_complete(init_pool_for_db())
+    parent_pid = loop.run_until_complete(fetchval_for_db("SELECT pg_backend_pid()"))
+
+    async def child() -> int:
+        pool = await init_pool_for_db()
+        if pool is parent_pool or not pool.opened_in_this_process:
+            return 6
+        async with pool.acquire() as connection:
+            pid = await connection.fetchval("SELECT pg_backend_pid()")
+        await close_pools()
+        return 0 if pid != parent_pid else 5
+
+    try:
+        assert _in_child(child) == 0
+        assert loop.run_until_complete(init_pool_for_db()) is parent_pool
         assert loop.run_until_complete(fetchval_for_db("SELECT pg_backend_pid()")) == parent_pid
     finally:
         loop.run_until_complete(close_pools())
