@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
 from tests.helpers import Servers
@@ -43,7 +44,10 @@ async def _session_state(client: MainDB) -> dict[str, object]:
                (SELECT count(*) FROM pg_cursors WHERE name <> '') AS cursors,
                (SELECT count(*) FROM pg_class
                  WHERE relpersistence = 't' AND relkind = 'r'
-                   AND pg_table_is_visible(oid)) AS temp_tables
+                   AND pg_table_is_visible(oid)) AS temp_tables,
+               (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())
+             + (SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema())
+                 AS temp_objects
         """
     )
     assert row is not None
@@ -66,6 +70,7 @@ CLEAN = {
     "listening": 0,
     "cursors": 0,
     "temp_tables": 0,
+    "temp_objects": 0,
 }
 
 DIRTY_STATEMENTS = [
@@ -90,6 +95,76 @@ async def test_statement_state_does_not_leak(one_connection: MainDB, statement: 
     state = await _session_state(client)
     assert state.pop("pid") == pid, "not the same session: the test proves nothing"
     assert state == CLEAN
+
+
+# Leaks the smart policy once missed: objects created through the pg_temp
+# schema, and function names spelled so that no text pattern sees them.
+HIDDEN_STATE = [
+    "CREATE TABLE pg_temp.leak_table (x int)",
+    "CREATE TABLE pg_temp.leak_table AS SELECT 1 AS x",
+    "SELECT 1 AS x INTO pg_temp.leak_table",
+    "CREATE FUNCTION pg_temp.leak_function() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    """SELECT "set_config"('search_path', 'pg_catalog', false)""",
+    "SELECT set_config/**/('search_path', 'pg_catalog', false)",
+    r"""SELECT U&"set\005fconfig"('search_path', 'pg_catalog', false)""",
+    'SELECT "pg_advisory_lock"(42)',
+    "SELECT pg_advisory_lock/* x */(42)",
+]
+
+
+async def _run(client: MainDB, statement: str, through: str) -> None:
+    if through == "call":
+        await client.execute(statement)
+    else:
+        async with client.transaction() as tx:
+            await tx.execute(statement)
+
+
+@pytest.mark.parametrize("through", ["call", "transaction"])
+@pytest.mark.parametrize("statement", HIDDEN_STATE)
+async def test_hidden_session_state_does_not_leak(
+    one_connection: MainDB, statement: str, through: str
+) -> None:
+    client = one_connection
+    pid = (await _session_state(client))["pid"]
+    await _run(client, statement, through)
+    state = await _session_state(client)
+    assert state.pop("pid") == pid, "not the same session: the test proves nothing"
+    assert state == CLEAN
+
+
+@pytest.mark.parametrize("through", ["call", "transaction"])
+@pytest.mark.parametrize(
+    ("statement", "sequence"),
+    [
+        ("SELECT nextval('leak_sequence')", "leak_sequence"),
+        ("INSERT INTO leak_serial (x) VALUES (1)", "leak_serial_id_seq"),
+    ],
+)
+async def test_sequence_state_does_not_leak(
+    one_connection: MainDB, statement: str, sequence: str, through: str
+) -> None:
+    client = one_connection
+    await client.execute(
+        "CREATE SEQUENCE IF NOT EXISTS leak_sequence;"
+        "CREATE TABLE IF NOT EXISTS leak_serial (id serial PRIMARY KEY, x int)"
+    )
+    pid = await client.fetchval("SELECT pg_backend_pid()")
+    await _run(client, statement, through)
+    assert await client.fetchval("SELECT pg_backend_pid()") == pid
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="lastval"):
+        await client.fetchval("SELECT lastval()")
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="currval"):
+        await client.fetchval("SELECT currval($1::regclass)", sequence)
+
+
+async def test_sequence_state_stays_within_its_own_lease(one_connection: MainDB) -> None:
+    """The reset comes after the lease: a transaction still reads its own lastval()."""
+    client = one_connection
+    await client.execute("CREATE SEQUENCE IF NOT EXISTS own_sequence")
+    async with client.transaction() as tx:
+        value = await tx.fetchval("SELECT nextval('own_sequence')")
+        assert await tx.fetchval("SELECT lastval()") == value
 
 
 async def test_raw_connection_state_does_not_leak(one_connection: MainDB) -> None:

@@ -149,6 +149,18 @@ PER_DATABASE = [
         "PG_REFERENCE_BREAKER_HALF_OPEN_CALLS",
         "1",
     ),
+    (
+        "breaker_consecutive_failures",
+        "PG_BREAKER_CONSECUTIVE_FAILURES",
+        "PG_REFERENCE_BREAKER_CONSECUTIVE_FAILURES",
+        "0",
+    ),
+    (
+        "breaker_probe_interval_sec",
+        "PG_BREAKER_PROBE_INTERVAL_SEC",
+        "PG_REFERENCE_BREAKER_PROBE_INTERVAL_SEC",
+        "0.25",
+    ),
     ("retry_attempts", "PG_RETRY_ATTEMPTS", "PG_REFERENCE_RETRY_ATTEMPTS", "5"),
     ("retry_backoff_sec", "PG_RETRY_BACKOFF_SEC", "PG_REFERENCE_RETRY_BACKOFF_SEC", "0.2"),
     (

@@ -265,6 +265,8 @@ class PostgresConfig:
             open_sec=s.breaker_open_sec,
             open_max_sec=s.breaker_open_max_sec,
             half_open_calls=s.breaker_half_open_calls,
+            consecutive_failures=s.breaker_consecutive_failures,
+            probe_interval_sec=s.breaker_probe_interval_sec,
         )
 
     def get_health_config(self, database: Database | str) -> HealthConfig:

@@ -319,6 +319,24 @@ class DatabaseSettings(BaseSettings):
         le=1000,
         description="Probe calls let through when half-open; all must succeed to close.",
     )
+    breaker_consecutive_failures: int = Field(
+        default=5,
+        ge=0,
+        le=100_000,
+        description=(
+            "This many availability failures in a row open the breaker at once, whatever "
+            "the window holds (a crashed server); 0: only the rates open it."
+        ),
+    )
+    breaker_probe_interval_sec: float = Field(
+        default=1.0,
+        ge=0,
+        le=3600,
+        description=(
+            "While open, seconds between background connection attempts; the first that "
+            "succeeds lets the half-open probes through at once. 0: no attempts."
+        ),
+    )
     retry_attempts: int = Field(
         default=3,
         ge=1,

@@ -229,13 +229,13 @@ class HealthChecker:
         breaker = slot.breaker.snapshot()
         return DatabaseHealth(
             database=str(database),
-            status=database_status(error is None, str(breaker["state"]), stats),
+            status=database_status(error is None, breaker["state"], stats),
             required=settings.required,
             latency_ms=latency_ms,
             server_version=version,
             error=None if error is None else redact_secrets(error, self._secrets),
             pool=stats,
-            breaker=breaker,
+            breaker=dict(breaker),
         )
 
 

@@ -1,20 +1,42 @@
 """The circuit breaker of one database: a pure state machine with an injected clock.
 
-Model (Resilience4j's, time-based window)::
+Model (Resilience4j's time-based window, plus Envoy's consecutive-failure
+detection)::
 
-             failure rate >= threshold               open time elapsed
-    CLOSED ─────────────────────────────▶ OPEN ──────────────────────▶ HALF_OPEN
-      ▲      (over the last window_sec, at   ▲                              │
-      │       least min_calls calls)         │  a probe fails               │
-      │                                      └──────────────────────────────┤
-      └─────────────────────────────────────────────────────────────────────┘
-                      half_open_calls probes succeed
+          failure rate >= threshold over the            a reachability check
+          last window_sec (at least min_calls),         succeeds, or the open
+          or consecutive_failures in a row              time elapsed
+    CLOSED ────────────────────────────────────▶ OPEN ─────────────────────▶ HALF_OPEN
+      ▲                                            ▲                            │
+      │                                            │  a probe fails             │
+      │                                            └────────────────────────────┤
+      └─────────────────────────────────────────────────────────────────────────┘
+                          half_open_calls probes succeed
 
 plus FORCED_OPEN (every call refused, for maintenance) and DISABLED (every
-call allowed, nothing recorded). Each trip in a row doubles the open time, up
-to ``open_max_sec``. Only availability failures are recorded as failures (the
-caller decides what those are); a call slower than ``slow_call_sec`` counts as
-slow, and a slow-call rate over its threshold trips too.
+call allowed, nothing recorded). Only availability failures are recorded as
+failures (the caller decides what those are); a call slower than
+``slow_call_sec`` counts as slow, and a slow-call rate over its threshold
+trips too.
+
+Two ways to open: the rate window catches gradual degradation, and a run of
+``consecutive_failures`` catches plain death at once, however many successes
+the window still holds from before the crash.
+
+Two ways to leave OPEN. While open, a background reachability check of the
+server (a connect and ``SELECT 1``, run by the endpoint, not here) is due
+every ``probe_interval_sec`` (:meth:`CircuitBreaker.check_due_in`); one that
+succeeds (:meth:`CircuitBreaker.note_reachable`) makes the breaker half-open
+at once, and real calls then probe as usual. So a returning server is
+noticed within about one interval however long it was away, and a dead one
+costs one connect attempt per interval, never a caller's time. Independently,
+once the open time has elapsed, real calls probe: that open time starts at
+``open_sec`` and doubles with each trip in a row, up to ``open_max_sec``.
+The doubling stays because it now only bounds what the checks cannot see: a
+server that accepts the check but fails real calls gets at most
+``half_open_calls`` real probes per check interval, and without checks
+(``probe_interval_sec=0``, or nothing driving them) a failing server is not
+sent real calls more often than the doubling allows.
 
 Not thread-safe by design: one event loop drives it, and every method is
 synchronous, so no ``await`` can interleave inside a transition.
@@ -27,16 +49,46 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from wellwon_db.config._policies import BreakerConfig
 from wellwon_db.errors import CircuitOpenError
 
-__all__ = ["BreakerConfig", "BreakerState", "BreakerTransition", "CircuitBreaker"]
+__all__ = [
+    "BreakerConfig",
+    "BreakerSnapshot",
+    "BreakerState",
+    "BreakerTransition",
+    "CircuitBreaker",
+]
 
 logger = logging.getLogger("wellwon_db.breaker")
 
 _BUCKETS = 10
+
+
+class BreakerSnapshot(TypedDict):
+    """What :meth:`CircuitBreaker.snapshot` returns. Times in seconds.
+
+    ``calls``, ``failures`` and ``slow_calls`` count the rate window;
+    ``consecutive_failures`` the availability failures since the last success.
+    ``retry_at`` (on the breaker's clock, ``time.monotonic()``: meaningful in
+    this process only) and ``retry_in_sec`` tell when real calls probe at the
+    latest, ``next_check_in_sec`` when the next reachability check is due;
+    all three are ``None`` unless the breaker is open (the last also when
+    checks are off).
+    """
+
+    database: str
+    state: str
+    calls: int
+    failures: int
+    slow_calls: int
+    consecutive_failures: int
+    retry_at: float | None
+    retry_in_sec: float | None
+    next_check_in_sec: float | None
+    trips_in_a_row: int
 
 
 class BreakerState(enum.Enum):
@@ -69,6 +121,11 @@ class CircuitBreaker:
     Protocol per call: :meth:`allow` (raises :class:`CircuitOpenError`
     without touching anything else), then exactly one of
     :meth:`record_success`, :meth:`record_failure` or :meth:`record_ignored`.
+
+    Protocol of the endpoint's background reachability checks, while the
+    breaker is open: wait :meth:`check_due_in` seconds (``None``: no check
+    wanted; wait for the next transition to OPEN), run one check, then call
+    :meth:`note_reachable` or :meth:`note_unreachable`.
     """
 
     def __init__(
@@ -84,6 +141,8 @@ class CircuitBreaker:
         self._config = config or BreakerConfig()
         self._state = BreakerState.CLOSED if self._config.enabled else BreakerState.DISABLED
         self._open_until = 0.0
+        self._check_due = 0.0
+        self._consecutive = 0
         self._trips_in_a_row = 0
         self._probes_in_flight = 0
         self._probe_successes = 0
@@ -100,6 +159,7 @@ class CircuitBreaker:
         """Apply new thresholds; the breaker starts again closed (or disabled)."""
         self._config = config
         self._reset_window()
+        self._consecutive = 0
         self._trips_in_a_row = 0
         self._transition(
             BreakerState.CLOSED if config.enabled else BreakerState.DISABLED, "reconfigured"
@@ -122,28 +182,28 @@ class CircuitBreaker:
 
     @property
     def retry_at(self) -> float | None:
-        """Clock time of the next probe while OPEN, else ``None``."""
+        """Clock time when real calls probe at the latest while OPEN, else ``None``.
+
+        A successful reachability check (:meth:`note_reachable`) lets them
+        probe earlier.
+        """
         return self._open_until if self._state is BreakerState.OPEN else None
 
-    def snapshot(self) -> dict[str, Any]:
-        """State and window counts with stable keys, for telemetry and health.
-
-        ``retry_at`` is on the breaker's clock (``time.monotonic()``), only
-        meaningful in this process; ``retry_in_sec`` is the same as a delay.
-        """
-        self._advance(self._clock())
+    def snapshot(self) -> BreakerSnapshot:
+        """A :class:`BreakerSnapshot`: state and counts, for telemetry and health."""
+        now = self._clock()
+        self._advance(now)
+        is_open = self._state is BreakerState.OPEN
         return {
             "database": self.database,
             "state": self._state.value,
             "calls": self._calls,
             "failures": self._failures,
             "slow_calls": self._slow,
+            "consecutive_failures": self._consecutive,
             "retry_at": self.retry_at,
-            "retry_in_sec": (
-                max(0.0, self._open_until - self._clock())
-                if self._state is BreakerState.OPEN
-                else None
-            ),
+            "retry_in_sec": max(0.0, self._open_until - now) if is_open else None,
+            "next_check_in_sec": self.check_due_in(),
             "trips_in_a_row": self._trips_in_a_row,
         }
 
@@ -158,10 +218,40 @@ class CircuitBreaker:
     def reset(self) -> None:
         """Back to CLOSED with an empty window (or DISABLED when configured off)."""
         self._reset_window()
+        self._consecutive = 0
         self._trips_in_a_row = 0
         self._transition(
             BreakerState.CLOSED if self._config.enabled else BreakerState.DISABLED, "reset"
         )
+
+    # -- background reachability checks -----------------------------------------
+
+    def check_due_in(self) -> float | None:
+        """Seconds until the next reachability check of the server is due (``0.0``: now).
+
+        ``None`` when no check is wanted: the breaker is not OPEN (closed,
+        half-open, forced open or disabled), or ``probe_interval_sec`` is 0.
+        The first check is due one interval after the breaker opens.
+        """
+        interval = self._config.probe_interval_sec
+        if self._state is not BreakerState.OPEN or interval <= 0.0:
+            return None
+        return max(0.0, self._check_due - self._clock())
+
+    def note_reachable(self) -> None:
+        """A reachability check succeeded: OPEN becomes HALF_OPEN at once.
+
+        Real calls then probe as usual: ``half_open_calls`` successes close
+        the breaker, a failure opens it again. In any other state (a check
+        that finished after the state changed) this does nothing.
+        """
+        if self._state is BreakerState.OPEN:
+            self._half_open("the server answered a reachability check")
+
+    def note_unreachable(self) -> None:
+        """A reachability check failed: the next one is due ``probe_interval_sec`` from now."""
+        if self._state is BreakerState.OPEN:
+            self._check_due = self._clock() + self._config.probe_interval_sec
 
     # -- the call protocol ---------------------------------------------------
 
@@ -173,9 +263,7 @@ class CircuitBreaker:
         if state is BreakerState.OPEN:
             if self._clock() < self._open_until:
                 raise self._open_error()
-            self._transition(BreakerState.HALF_OPEN, "open time elapsed")
-            self._probes_in_flight = 0
-            self._probe_successes = 0
+            self._half_open("open time elapsed")
         elif state is BreakerState.FORCED_OPEN:
             raise CircuitOpenError(
                 f"the {self.database} database is switched off for maintenance (breaker forced "
@@ -197,6 +285,7 @@ class CircuitBreaker:
                 self._advance(now)
             self._bucket_calls[self._index % _BUCKETS] += 1
             self._calls += 1
+            self._consecutive = 0
             return
         self._record(failed=False, duration=duration)
 
@@ -216,7 +305,7 @@ class CircuitBreaker:
         wait = max(0.0, retry_at - self._clock())
         return CircuitOpenError(
             f"the {self.database} database is failing; its circuit breaker is open and the "
-            f"call was not sent (next probe in {wait:.1f}s)",
+            f"call was not sent (next probe in {wait:.1f}s at the latest)",
             database=self.database,
             retry_at=retry_at,
         )
@@ -243,13 +332,21 @@ class CircuitBreaker:
         bucket = self._index % _BUCKETS
         self._bucket_calls[bucket] += 1
         self._calls += 1
+        config = self._config
         if failed:
             self._bucket_failures[bucket] += 1
             self._failures += 1
+            self._consecutive += 1
+            if 0 < config.consecutive_failures <= self._consecutive:
+                # Plain death: the window may still hold many successes from
+                # before it, which would keep the rate low for seconds.
+                self._trip(f"{self._consecutive} availability failures in a row")
+                return
+        else:
+            self._consecutive = 0
         if slow:
             self._bucket_slow[bucket] += 1
             self._slow += 1
-        config = self._config
         if self._calls < config.min_calls:
             return
         if failed and self._failures * 100.0 >= config.failure_rate * self._calls:
@@ -261,9 +358,17 @@ class CircuitBreaker:
         config = self._config
         self._trips_in_a_row += 1
         open_for = min(config.open_sec * 2 ** (self._trips_in_a_row - 1), config.open_max_sec)
-        self._open_until = self._clock() + open_for
+        now = self._clock()
+        self._open_until = now + open_for
+        self._check_due = now + config.probe_interval_sec
+        self._consecutive = 0
         self._reset_window()
         self._transition(BreakerState.OPEN, f"{reason}; open for {open_for:g}s")
+
+    def _half_open(self, reason: str) -> None:
+        self._probes_in_flight = 0
+        self._probe_successes = 0
+        self._transition(BreakerState.HALF_OPEN, reason)
 
     def _reset_window(self) -> None:
         self._bucket_width = self._config.window_sec / _BUCKETS
