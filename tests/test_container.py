@@ -191,7 +191,12 @@ async def test_closing_marker_does_not_close_the_shared_pool(app: AppContainer) 
 async def test_helpers_cope_with_resources_that_return_none(app: AppContainer) -> None:
     # All resources overridden: dependency-injector's init/shutdown_resources()
     # return None here instead of an awaitable.
-    with app.db.main_pool.override(None), app.db.reference_pool.override(None):
+    with (
+        app.db.main_pool.override(None),
+        app.db.reference_pool.override(None),
+        app.db.main_replica_pool.override(None),
+        app.db.reference_replica_pool.override(None),
+    ):
         assert app.db.init_resources() is None
         await start_databases(app.db)
         await stop_databases(app.db)

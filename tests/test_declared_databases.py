@@ -174,7 +174,11 @@ def test_it_appears_in_the_commands(ledger_server: PostgresServer, tmp_path: Pat
     assert health.returncode == 0, health.stdout + health.stderr
     report = json.loads(health.stdout)
     assert report["databases"]["ledger"]["status"] == "ok"
-    assert report["unconfigured"] == {"reference": "POSTGRES_REFERENCE_DSN"}
+    assert report["unconfigured"] == {
+        "reference": "POSTGRES_REFERENCE_DSN",
+        "main_replica": "POSTGRES_MAIN_REPLICA_DSN",
+        "reference_replica": "POSTGRES_REFERENCE_REPLICA_DSN",
+    }
 
 
 async def test_seed_api_routes_to_it_with_its_own_settings(ledger_env: PostgresServer) -> None:
@@ -224,7 +228,11 @@ async def test_only_main_configured_starts_and_main_works(
         assert caught.value.env_var == "POSTGRES_REFERENCE_DSN"
         report = await container.health().check()
         assert report.status == "ok"
-        assert report.unconfigured == {"reference": "POSTGRES_REFERENCE_DSN"}
+        assert report.unconfigured == {
+            "reference": "POSTGRES_REFERENCE_DSN",
+            "main_replica": "POSTGRES_MAIN_REPLICA_DSN",
+            "reference_replica": "POSTGRES_REFERENCE_REPLICA_DSN",
+        }
 
 
 async def test_a_needed_database_without_a_dsn_fails_start_up_and_nothing_stays_open(

@@ -30,12 +30,16 @@ WELLWON_DB_ALL = [
     "HealthChecker",
     "HealthReport",
     "MainDB",
+    "MainReplicaDB",
     "PoolClosedError",
     "PoolConfig",
     "PoolState",
     "PoolTimeoutError",
     "PostgresConfig",
+    "ReadOnlyClient",
     "ReferenceDB",
+    "ReferenceReplicaDB",
+    "ReplicaProviders",
     "RetryConfig",
     "TransactionScope",
     "WellwonDBError",
@@ -51,10 +55,13 @@ WELLWON_DB_ALL = [
     "get_postgres_config",
     "get_postgres_dsn_for_db",
     "init_pool_for_db",
+    "read_after",
+    "replica_providers",
     "resolve",
     "start_databases",
     "stop_databases",
     "typed_factory",
+    "write_token",
 ]
 
 TESTING_ALL = [
@@ -62,8 +69,11 @@ TESTING_ALL = [
     "FakeDatabaseClient",
     "FakeDatabases",
     "FakeMainDB",
+    "FakeMainReplicaDB",
+    "FakeReadOnlyClient",
     "FakeRecord",
     "FakeReferenceDB",
+    "FakeReferenceReplicaDB",
     "FakeTransactionScope",
     "PgBouncerNotFoundError",
     "PgBouncerServer",
@@ -100,6 +110,8 @@ CONTRACT_NAMES = [
     "DatabaseUnavailableError",
     "CircuitOpenError",
     "PoolTimeoutError",
+    "MainReplicaDB",
+    "ReferenceReplicaDB",
 ]
 
 PUBLIC_MODULES = [
@@ -203,6 +215,8 @@ def test_database_is_a_str_enum() -> None:
     assert [(member.name, member.value) for member in Database] == [
         ("MAIN", "main"),
         ("REFERENCE", "reference"),
+        ("MAIN_REPLICA", "main_replica"),
+        ("REFERENCE_REPLICA", "reference_replica"),
     ]
     as_text: str = Database.MAIN  # usable wherever a str is expected
     assert as_text == "main"
@@ -230,7 +244,15 @@ def test_container_has_the_contract_providers() -> None:
     from wellwon_db import DatabaseContainer
 
     assert issubclass(DatabaseContainer, containers.DeclarativeContainer)
-    for name in ("config", "main_pool", "reference_pool", "main_db", "reference_db"):
+    for name in (
+        "config",
+        "main_pool",
+        "reference_pool",
+        "main_db",
+        "reference_db",
+        "main_replica_db",
+        "reference_replica_db",
+    ):
         assert isinstance(getattr(DatabaseContainer, name), providers.Provider), name
     assert isinstance(DatabaseContainer.main_pool, providers.Resource)
     assert isinstance(DatabaseContainer.reference_pool, providers.Resource)

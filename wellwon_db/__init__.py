@@ -7,6 +7,8 @@ layer (``config``, ``telemetry``, ``pool``, ``resilience``, ``client``,
 
 from wellwon_db._version import __version__ as __version__
 from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
+from wellwon_db.client._positions import read_after, write_token
+from wellwon_db.client._readonly import MainReplicaDB, ReadOnlyClient, ReferenceReplicaDB
 from wellwon_db.client._transaction import TransactionScope
 from wellwon_db.config._config import PostgresConfig, get_postgres_config
 from wellwon_db.config._policies import BreakerConfig, PoolConfig, RetryConfig
@@ -28,7 +30,12 @@ from wellwon_db.di._container import (
     start_databases,
     stop_databases,
 )
-from wellwon_db.di._providers import DatabaseProviders, database_providers
+from wellwon_db.di._providers import (
+    DatabaseProviders,
+    ReplicaProviders,
+    database_providers,
+    replica_providers,
+)
 from wellwon_db.di._typed import typed_factory
 from wellwon_db.errors import (
     CircuitOpenError,
@@ -60,12 +67,16 @@ __all__ = [
     "HealthChecker",
     "HealthReport",
     "MainDB",
+    "MainReplicaDB",
     "PoolClosedError",
     "PoolConfig",
     "PoolState",
     "PoolTimeoutError",
     "PostgresConfig",
+    "ReadOnlyClient",
     "ReferenceDB",
+    "ReferenceReplicaDB",
+    "ReplicaProviders",
     "RetryConfig",
     "TransactionScope",
     "WellwonDBError",
@@ -81,8 +92,11 @@ __all__ = [
     "get_postgres_config",
     "get_postgres_dsn_for_db",
     "init_pool_for_db",
+    "read_after",
+    "replica_providers",
     "resolve",
     "start_databases",
     "stop_databases",
     "typed_factory",
+    "write_token",
 ]

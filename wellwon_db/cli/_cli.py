@@ -243,7 +243,7 @@ async def _open_each_pool(container: DatabaseContainer, secrets: list[str]) -> d
 
 async def _close_quickly(container: DatabaseContainer) -> None:
     """Close every pool, terminating within a second connections a timed-out probe still holds."""
-    slots = [member.slot() for member in database_members(container)]
+    slots = [member.slot() for member in database_members(container) if not member.is_replica]
     await asyncio.gather(
         *(slot.pool.close(timeout=_CLOSE_TIMEOUT) for slot in slots if slot.pool is not None)
     )

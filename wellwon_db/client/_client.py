@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from wellwon_db.client._declared import DeclaredClient
 from wellwon_db.client._guarded import record_outcome, run_guarded
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._transaction import (
@@ -28,17 +29,7 @@ from wellwon_db.client._transaction import (
     fetchrow_call,
     run_in_transaction,
 )
-from wellwon_db.config._registry import (
-    MAIN,
-    REFERENCE,
-    Database,
-    DatabaseName,
-    DatabaseSpec,
-    declare_database,
-    is_declared,
-    register_client,
-    spec_for,
-)
+from wellwon_db.config._registry import MAIN, REFERENCE, DatabaseName
 from wellwon_db.errors import ConfigurationError
 from wellwon_db.pool._pool import Connection, DatabasePool
 from wellwon_db.resilience._breaker import CircuitBreaker
@@ -79,7 +70,7 @@ class QueryRunner(Protocol):
         ...
 
 
-class DatabaseClient:
+class DatabaseClient(DeclaredClient):
     """Queries against one database's pool.
 
     The container binds it to the database's :class:`PoolSlot`. Calls raise
@@ -104,25 +95,7 @@ class DatabaseClient:
     An instance then accepts only that database's pool.
     """
 
-    #: The database a subclass is bound to; ``None`` (this class) accepts any pool.
-    spec: ClassVar[DatabaseSpec | None] = None
-
     __slots__ = ("_database", "_slot")
-
-    def __init_subclass__(
-        cls, *, database: Database | str | DatabaseSpec | None = None, **kwargs: Any
-    ) -> None:
-        super().__init_subclass__(**kwargs)
-        if database is None:
-            return  # a subclass of a typed client keeps its database
-        if isinstance(database, DatabaseSpec):
-            spec = database
-        elif is_declared(database):
-            spec = spec_for(database)
-        else:
-            spec = declare_database(database)
-        cls.spec = spec
-        register_client(spec, cls)
 
     def __init__(self, pool: DatabasePool | PoolSlot) -> None:
         expected = type(self).spec

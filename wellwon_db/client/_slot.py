@@ -23,10 +23,12 @@ class PoolSlot:
     knows of neither.
 
     ``unconfigured`` is set while the container runs without this database
-    (its DSN is unset and it is optional): calls raise it.
+    (its DSN is unset and it is optional): calls raise it. ``track_writes`` is
+    set while replicas of this database are open: committed writes then
+    record their WAL position for read-your-writes.
     """
 
-    __slots__ = ("breaker", "database", "pool", "retry", "unconfigured")
+    __slots__ = ("breaker", "database", "pool", "retry", "track_writes", "unconfigured")
 
     def __init__(
         self,
@@ -39,6 +41,8 @@ class PoolSlot:
         self.database: DatabaseName = database_name(database)
         self.pool = pool
         self.unconfigured: ConfigurationError | None = None
+        #: Record the WAL position of committed writes (a replica database reads after them).
+        self.track_writes = False
         self.breaker = CircuitBreaker(str(self.database), breaker)
         self.breaker.add_listener(record_breaker_transition)
         self.retry = RetryPolicy(str(self.database), retry)

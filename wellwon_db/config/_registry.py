@@ -44,6 +44,8 @@ class Database(StrEnum):
 
     MAIN = "main"
     REFERENCE = "reference"
+    MAIN_REPLICA = "main_replica"
+    REFERENCE_REPLICA = "reference_replica"
 
     @classmethod
     def parse(cls, value: Database | str) -> Database:
@@ -134,9 +136,15 @@ class DatabaseSpec:
 
 MAIN: Final = DatabaseSpec(Database.MAIN, "", required=True)
 REFERENCE: Final = DatabaseSpec(Database.REFERENCE, "REFERENCE")
+MAIN_REPLICA: Final = DatabaseSpec(Database.MAIN_REPLICA, "MAIN_REPLICA", Database.MAIN)
+REFERENCE_REPLICA: Final = DatabaseSpec(
+    Database.REFERENCE_REPLICA, "REFERENCE_REPLICA", Database.REFERENCE
+)
 
 _lock = threading.Lock()
-_declared: dict[str, DatabaseSpec] = {str(MAIN.name): MAIN, str(REFERENCE.name): REFERENCE}
+_declared: dict[str, DatabaseSpec] = {
+    str(spec.name): spec for spec in (MAIN, REFERENCE, MAIN_REPLICA, REFERENCE_REPLICA)
+}
 _clients: dict[str, type] = {}
 
 
@@ -190,6 +198,13 @@ def declared_databases() -> tuple[DatabaseSpec, ...]:
 def is_declared(name: Database | str) -> bool:
     """Whether ``name`` was declared (built in, or by the application)."""
     return str(database_name(name)) in _declared
+
+
+def replicas_of(name: Database | str) -> tuple[DatabaseSpec, ...]:
+    """The declared replica databases of the primary ``name``."""
+    primary = database_name(name)
+    with _lock:
+        return tuple(spec for spec in _declared.values() if spec.replica_of == primary)
 
 
 def register_client(spec: DatabaseSpec, client_class: type) -> None:

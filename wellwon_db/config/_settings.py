@@ -39,11 +39,13 @@ __all__ = [
     "DatabaseSettings",
     "MainDatabaseSettings",
     "ReferenceDatabaseSettings",
+    "ReplicaSettings",
     "ResetPolicy",
     "env_var_name",
     "env_var_names",
     "from_code",
     "settings_class",
+    "split_dsns",
 ]
 
 ResetPolicy = Literal["smart", "always"]
@@ -377,7 +379,8 @@ class DatabaseSettings(BaseSettings):
                 env_var=min_var,
             )
         if self.dsn is not None:
-            validate_dsn(self.dsn.get_secret_value(), env_var_name(type(self), "dsn"))
+            for dsn in split_dsns(self.dsn.get_secret_value()):
+                validate_dsn(dsn, env_var_name(type(self), "dsn"))
         for low, high in (
             ("breaker_open_sec", "breaker_open_max_sec"),
             ("retry_backoff_sec", "retry_backoff_max_sec"),
@@ -401,7 +404,45 @@ class DatabaseSettings(BaseSettings):
         return self.pool_application_name or f"wellwon_db:{self.database}"
 
 
+class ReplicaSettings(DatabaseSettings):
+    """Settings of a read-replica database: its DSNs (one per replica) and its lag limit."""
+
+    startup_required: bool = Field(
+        default=False,
+        description=(
+            "false (the default for replicas): start without a replica that is down; its "
+            "reads go elsewhere until it answers. true: a replica down at start-up fails it."
+        ),
+    )
+    health_required: bool = Field(
+        default=False,
+        description=(
+            "true: this replica database failing its check (replicas and primary both "
+            "unreachable) makes the service down; false (the default for replicas): degraded."
+        ),
+    )
+    max_lag_sec: float = Field(
+        default=5.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "A replica further behind its primary than this many seconds (measured from WAL "
+            "positions) is skipped: its reads go to another replica or to the primary."
+        ),
+    )
+    lag_check_sec: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="Seconds between two background measurements of each replica's lag.",
+    )
+
+
 _DSN_DESCRIPTION = "postgresql://user:password@host:port/dbname of the {name} database."
+_REPLICA_DSN_DESCRIPTION = (
+    "postgresql://user:password@host:port/dbname of each replica of the {name} database, "
+    "separated by spaces; unset: its reads go to the primary."
+)
 _COMMAND_TIMEOUT_DESCRIPTION = "Seconds a statement may run; the server cancels it after that."
 
 
@@ -429,7 +470,9 @@ def settings_class(spec: DatabaseSpec) -> type[DatabaseSettings]:
         "dsn": Field(
             default=None,
             validation_alias=spec.dsn_variable,
-            description=_DSN_DESCRIPTION.format(name=spec.name),
+            description=(
+                _DSN_DESCRIPTION if spec.replica_of is None else _REPLICA_DSN_DESCRIPTION
+            ).format(name=spec.name if spec.replica_of is None else spec.replica_of),
         ),
         "startup_dsn_required": Field(
             default=spec.required,
@@ -446,7 +489,13 @@ def settings_class(spec: DatabaseSpec) -> type[DatabaseSettings]:
             description=_COMMAND_TIMEOUT_DESCRIPTION,
         )
     name = "".join(part.capitalize() for part in str(spec.name).split("_"))
-    return type(f"{name}DatabaseSettings", (DatabaseSettings,), namespace)
+    base = DatabaseSettings if spec.replica_of is None else ReplicaSettings
+    return type(f"{name}DatabaseSettings", (base,), namespace)
+
+
+def split_dsns(value: str) -> list[str]:
+    """The DSNs in ``value``: one, or several separated by whitespace (replicas)."""
+    return value.split()
 
 
 #: The main database: ``POSTGRES_DSN`` and ``PG_POOL_*``.

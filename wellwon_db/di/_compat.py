@@ -15,16 +15,20 @@ connections) and open the child's own.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal, overload
 
 import asyncpg
 from dependency_injector import providers
 
 from wellwon_db.client._client import DatabaseClient
+from wellwon_db.client._readonly import ReadOnlyClient
+from wellwon_db.client._replicas import ReplicaSet
+from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._config import get_postgres_config
 from wellwon_db.config._registry import Database, DatabaseName, spec_for
 from wellwon_db.di._container import DatabaseContainer, resolve, stop_databases
-from wellwon_db.di._providers import DatabaseProviders, ensure_database
+from wellwon_db.di._providers import DatabaseMember, ensure_database
+from wellwon_db.errors import ConfigurationError
 from wellwon_db.pool._pool import DatabasePool
 
 __all__ = [
@@ -66,52 +70,75 @@ def get_postgres_dsn_for_db(database: Database | str = Database.MAIN) -> str:
     return get_postgres_config().get_dsn(database)
 
 
-def _providers(database: Database | str) -> DatabaseProviders[DatabaseClient]:
+def _member(database: Database | str) -> DatabaseMember:
     return ensure_database(default_container(), database)
 
 
-async def init_pool_for_db(database: Database | str = Database.MAIN) -> DatabasePool:
+def _forked(slot: PoolSlot | ReplicaSet) -> bool:
+    """Whether ``slot``'s pools were opened before this process was forked."""
+    if isinstance(slot, ReplicaSet):
+        slots = [slot.primary, *(endpoint.slot for endpoint in slot.endpoints)]
+    else:
+        slots = [slot]
+    return any(s.pool is not None and not s.pool.opened_in_this_process for s in slots)
+
+
+@overload
+async def init_pool_for_db(  # type: ignore[overload-overlap]  # the members before any str
+    database: Literal[Database.MAIN_REPLICA, Database.REFERENCE_REPLICA],
+) -> ReplicaSet: ...
+@overload
+async def init_pool_for_db(database: Database | str = Database.MAIN) -> DatabasePool: ...
+async def init_pool_for_db(database: Database | str = Database.MAIN) -> DatabasePool | ReplicaSet:
     """Open ``database``'s pool (once; later calls return the same pool).
 
-    Raises ``ConfigurationError`` naming the DSN variable when it is unset.
-    In a process forked after the pool opened, the parent's pools are
-    abandoned and this process's own is opened.
+    A replica database gives its :class:`ReplicaSet` (its replicas' pools,
+    opened after its primary's). Raises ``ConfigurationError`` naming the DSN
+    variable when it is unset. In a process forked after the pool opened,
+    the parent's pools are abandoned and this process's own are opened.
     """
-    made = _providers(database)
-    name = spec_for(database).name
+    member = _member(database)
+    name = member.name
     lock = _locks.setdefault(name, asyncio.Lock())
     async with lock:
-        if made.pool.initialized:
-            slot = made.slot()
-            if slot.pool is not None and not slot.pool.opened_in_this_process:
-                # A forked worker: drop the parent's pools (without touching
-                # their connections) and open this process's own.
-                await _close_all()
-        pool: DatabasePool | None = await resolve(made.pool)
-    if pool is None:
-        unconfigured = made.slot().unconfigured
-        await _shutdown(made)
+        if member.pool.initialized and _forked(member.slot()):
+            # A forked worker: drop the parent's pools (without touching
+            # their connections) and open this process's own.
+            await _close_all()
+        opened: DatabasePool | ReplicaSet | None = await resolve(member.pool)
+    if opened is None:
+        unconfigured = member.slot().unconfigured
+        await _shutdown(member)
         if unconfigured is not None:
             raise unconfigured
         raise RuntimeError(f"the {name} pool did not open")  # pragma: no cover (defensive)
-    return pool
+    return opened
 
 
-async def _shutdown(made: DatabaseProviders[Any]) -> None:
+async def _shutdown(member: DatabaseMember) -> None:
     """An unconfigured database's Resource must not stay initialised: the next call reads again."""
-    result = made.pool.shutdown()
+    result = member.pool.shutdown()
     if result is not None:
         await result
 
 
-async def _client(database: Database | str) -> DatabaseClient:
-    made = _providers(database)
-    slot = made.slot()
-    if not made.pool.initialized or (
-        slot.pool is not None and not slot.pool.opened_in_this_process
-    ):
+async def _client(database: Database | str) -> DatabaseClient | ReadOnlyClient:
+    member = _member(database)
+    if not member.pool.initialized or _forked(member.slot()):
         await init_pool_for_db(database)
-    client: DatabaseClient = await resolve(made.client)
+    assert member.client is not None
+    client: DatabaseClient | ReadOnlyClient = await resolve(member.client)
+    return client
+
+
+async def _writer(database: Database | str) -> DatabaseClient:
+    client = await _client(database)
+    if isinstance(client, ReadOnlyClient):
+        spec = spec_for(database)
+        raise ConfigurationError(
+            f"the {spec.name} database is read-only (a replica of {spec.replica_of}): run "
+            f"writes with database={str(spec.replica_of)!r}"
+        )
     return client
 
 
@@ -152,4 +179,4 @@ async def fetchval_for_db(query: str, *args: Any, database: Database | str = Dat
 
 async def execute_for_db(query: str, *args: Any, database: Database | str = Database.MAIN) -> str:
     """``execute`` on ``database``."""
-    return await (await _client(database)).execute(query, *args)
+    return await (await _writer(database)).execute(query, *args)

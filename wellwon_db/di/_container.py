@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from dependency_injector import containers, providers
 
 from wellwon_db.client._client import MainDB, ReferenceDB
+from wellwon_db.client._readonly import MainReplicaDB, ReferenceReplicaDB
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.config._settings import DEFAULT_ENV_FILE
 from wellwon_db.di._providers import (
@@ -42,6 +43,7 @@ from wellwon_db.di._providers import (
     DatabaseMember,
     database_members,
     database_providers,
+    replica_providers,
 )
 from wellwon_db.health._health import HealthChecker, HealthReport
 
@@ -143,6 +145,12 @@ class DatabaseContainer(containers.DeclarativeContainer, metaclass=_DatabaseCont
 
     main_slot, main_pool, main_db = database_providers(MainDB, config)
     reference_slot, reference_pool, reference_db = database_providers(ReferenceDB, config)
+    main_replica_slot, main_replica_pool, main_replica_db = replica_providers(
+        MainReplicaDB, config, main_slot, main_pool
+    )
+    reference_replica_slot, reference_replica_pool, reference_replica_db = replica_providers(
+        ReferenceReplicaDB, config, reference_slot, reference_pool
+    )
 
     #: A :class:`HealthChecker` of every database of this container (set by the metaclass).
     health: providers.Factory[HealthChecker]

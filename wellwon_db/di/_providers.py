@@ -13,6 +13,7 @@ leave every other provider (an application's Redis) alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,11 +22,21 @@ from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 from dependency_injector import containers, providers
 
 from wellwon_db.client._client import DatabaseClient
+from wellwon_db.client._declared import DeclaredClient
+from wellwon_db.client._readonly import ReadOnlyClient
+from wellwon_db.client._replicas import ReplicaEndpoint, ReplicaSet
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.config._registry import DatabaseName, DatabaseSpec, client_class_of, spec_for
+from wellwon_db.config._settings import ReplicaSettings, split_dsns
+from wellwon_db.errors import ConfigurationError
 from wellwon_db.pool._pool import DatabasePool
-from wellwon_db.telemetry._telemetry import register_breaker, unregister_breaker
+from wellwon_db.telemetry._telemetry import (
+    register_breaker,
+    register_replica_set,
+    unregister_breaker,
+    unregister_replica_set,
+)
 
 __all__ = [
     "ContainerLike",
@@ -35,6 +46,8 @@ __all__ = [
     "database_providers",
     "ensure_database",
     "open_database_pool",
+    "open_replica_set",
+    "replica_providers",
 ]
 
 logger = logging.getLogger("wellwon_db.container")
@@ -43,6 +56,7 @@ logger = logging.getLogger("wellwon_db.container")
 ContainerLike: TypeAlias = "containers.Container | providers.Container[Any]"
 
 _C = TypeVar("_C", bound=DatabaseClient)
+_R = TypeVar("_R", bound=ReadOnlyClient)
 
 
 async def open_database_pool(
@@ -136,20 +150,129 @@ def database_providers(
     return DatabaseProviders(slot, pool, client)
 
 
+async def open_replica_set(
+    spec: DatabaseSpec, config: PostgresConfig, replicas: ReplicaSet, primary: object
+) -> AsyncIterator[ReplicaSet]:
+    """Resource body: open a pool per replica DSN, measure their lag, keep measuring.
+
+    ``primary`` is the primary's pool (or ``None``): the primary opens first.
+    With no replica DSN every read goes to the primary. A replica that is
+    down at start-up does not fail it (unless its ``STARTUP_REQUIRED`` is
+    true): it connects in the background and takes reads once it answers.
+    Lag is known when this returns: the first measurement runs here.
+    """
+    settings = config.settings_for(spec.name)
+    if not isinstance(settings, ReplicaSettings):
+        raise TypeError(f"the {spec.name} database is not declared as a replica")
+    replicas.max_lag_sec = settings.max_lag_sec
+    replicas.lag_check_sec = settings.lag_check_sec
+    dsns = split_dsns(settings.dsn.get_secret_value()) if settings.dsn is not None else []
+    pool_config = config.get_pool_config(spec.name)
+    endpoints: list[ReplicaEndpoint] = []
+    for dsn in dsns:
+        slot = PoolSlot(spec.name)
+        slot.configure(config.get_breaker_config(spec.name), config.get_retry_config(spec.name))
+        pool = DatabasePool(
+            spec.name, dsn, pool_config, telemetry=config.get_telemetry_config(spec.name)
+        )
+        slot.pool = pool
+        slot.breaker.add_listener(lambda _transition: replicas.refresh())
+        endpoints.append(ReplicaEndpoint(slot, pool.address))
+    results = await asyncio.gather(
+        *(endpoint.slot.get().open() for endpoint in endpoints), return_exceptions=True
+    )
+    errors = [result for result in results if isinstance(result, BaseException)]
+    if errors:
+        await asyncio.gather(
+            *(e.slot.get().close() for e, r in zip(endpoints, results, strict=True) if r is None)
+        )
+        raise errors[0]
+    replicas.endpoints = endpoints
+    replicas.unconfigured = None if dsns else config.missing_dsn_error(spec.name)
+    primary_slot = replicas.primary
+    primary_slot.track_writes = bool(endpoints)
+    try:
+        await replicas.measure()
+        replicas.start_monitor()
+        register_replica_set(replicas)
+        yield replicas
+    finally:
+        unregister_replica_set(replicas)
+        replicas.unconfigured = None
+        primary_slot.track_writes = False
+        await replicas.stop_monitor()
+        replicas.reset()
+        await asyncio.gather(
+            *(endpoint.slot.get().close() for endpoint in endpoints), return_exceptions=True
+        )
+        for endpoint in endpoints:
+            endpoint.slot.pool = None
+
+
+class ReplicaProviders(NamedTuple, Generic[_R]):
+    """The providers of one replica database: unpack them into a container's class body."""
+
+    slot: providers.Singleton[ReplicaSet]
+    pool: providers.Resource[ReplicaSet]
+    client: providers.Singleton[_R]
+
+
+def replica_providers(
+    client_class: type[_R],
+    config: providers.Provider[PostgresConfig],
+    primary_slot: providers.Provider[PoolSlot],
+    primary_pool: providers.Provider[Any],
+) -> ReplicaProviders[_R]:
+    """The replica set, its pools' Resource and the read-only client of a replica database.
+
+    ``client_class`` names the replica database (``MainReplicaDB``);
+    ``primary_slot`` and ``primary_pool`` are its primary's providers (the
+    replicas' Resource opens after the primary's)::
+
+        main_replica_slot, main_replica_pool, main_replica_db = replica_providers(
+            MainReplicaDB, config, main_slot, main_pool
+        )
+    """
+    spec = client_class.spec
+    if spec is None or spec.replica_of is None:
+        raise TypeError(
+            f"{client_class.__name__} names no replica database: declare it with "
+            "declare_database(name, replica_of=primary) and "
+            "`class X(ReadOnlyClient, database=name)`"
+        )
+    replicas = providers.Singleton(ReplicaSet, spec.name, primary_slot)
+    pool: providers.Resource[ReplicaSet] = providers.Resource(
+        open_replica_set, spec, config, replicas, primary_pool
+    )
+    client = providers.Singleton(client_class, replicas)
+    return ReplicaProviders(replicas, pool, client)
+
+
+#: The Resource bodies that mark a database's providers.
+_OPENERS = (open_database_pool, open_replica_set)
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseMember:
     """One database's providers as found in a container."""
 
     spec: DatabaseSpec
-    slot: providers.Singleton[PoolSlot]
+    #: A ``Singleton[PoolSlot]``, or ``Singleton[ReplicaSet]`` for a replica database.
+    slot: providers.Singleton[Any]
     pool: providers.Resource[Any]
-    client: providers.Singleton[DatabaseClient] | None
+    #: ``Singleton`` of a ``DatabaseClient`` (or ``ReadOnlyClient`` for a replica database).
+    client: providers.Singleton[Any] | None
     config: providers.Provider[PostgresConfig]
 
     @property
     def name(self) -> DatabaseName:
         """The database's name."""
         return self.spec.name
+
+    @property
+    def is_replica(self) -> bool:
+        """Whether this is a replica database (its slot is a ``ReplicaSet``)."""
+        return self.spec.replica_of is not None
 
 
 def _providers_of(container: Any) -> dict[str, providers.Provider[Any]]:
@@ -176,7 +299,7 @@ def database_members(container: ContainerLike) -> list[DatabaseMember]:
         if not isinstance(provider, providers.Resource):
             continue
         # dependency-injector wraps an async generator function; ``__wrapped__`` is ours.
-        if getattr(provider.provides, "__wrapped__", provider.provides) is not open_database_pool:
+        if getattr(provider.provides, "__wrapped__", provider.provides) not in _OPENERS:
             continue
         args: tuple[Any, ...] = tuple(provider.args)
         spec, config, slot = args[0], args[1], args[2]
@@ -188,7 +311,7 @@ def database_members(container: ContainerLike) -> list[DatabaseMember]:
                 and candidate.args
                 and candidate.args[0] is slot
                 and isinstance(candidate.provides, type)
-                and issubclass(candidate.provides, DatabaseClient)
+                and issubclass(candidate.provides, DeclaredClient)
             ),
             None,
         )
@@ -196,9 +319,7 @@ def database_members(container: ContainerLike) -> list[DatabaseMember]:
     return members
 
 
-def ensure_database(
-    container: containers.Container, database: DatabaseName
-) -> DatabaseProviders[DatabaseClient]:
+def ensure_database(container: containers.Container, database: DatabaseName) -> DatabaseMember:
     """``database``'s providers in ``container``, added (with its declared client class, else a
     plain ``DatabaseClient``) when the container has none: for the seed API and the CLI,
     which serve any database the environment names.
@@ -206,13 +327,37 @@ def ensure_database(
     spec = spec_for(database)
     for member in database_members(container):
         if member.name == spec.name and member.client is not None:
-            return DatabaseProviders(member.slot, member.pool, member.client)
+            return member
+    config = container.config
+    if spec.replica_of is not None:
+        primary = ensure_database(container, spec.replica_of)
+        readonly = client_class_of(spec.name)
+        if not (isinstance(readonly, type) and issubclass(readonly, ReadOnlyClient)):
+            raise ConfigurationError(
+                f"the {spec.name} database is a replica with no client class: declare one "
+                f"(class X(ReadOnlyClient, database={str(spec.name)!r}))"
+            )
+        made_replicas = replica_providers(readonly, config, primary.slot, primary.pool)
+        _add(container, spec, made_replicas.slot, made_replicas.pool, made_replicas.client)
+        return DatabaseMember(
+            spec, made_replicas.slot, made_replicas.pool, made_replicas.client, config
+        )
     client_class = client_class_of(spec.name)
     if not (isinstance(client_class, type) and issubclass(client_class, DatabaseClient)):
         client_class = DatabaseClient
     config = container.config
     made = database_providers(client_class, config, spec=spec)
-    container.set_provider(f"{spec.name}_slot", made.slot)
-    container.set_provider(f"{spec.name}_pool", made.pool)
-    container.set_provider(f"{spec.name}_db", made.client)
-    return made
+    _add(container, spec, made.slot, made.pool, made.client)
+    return DatabaseMember(spec, made.slot, made.pool, made.client, config)
+
+
+def _add(
+    container: containers.Container,
+    spec: DatabaseSpec,
+    slot: providers.Provider[Any],
+    pool: providers.Provider[Any],
+    client: providers.Provider[Any],
+) -> None:
+    container.set_provider(f"{spec.name}_slot", slot)
+    container.set_provider(f"{spec.name}_pool", pool)
+    container.set_provider(f"{spec.name}_db", client)

@@ -30,11 +30,13 @@ from typing import Any, Literal, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from wellwon_db.client._client import DatabaseClient
+from wellwon_db.client._readonly import ReadOnlyClient
+from wellwon_db.client._replicas import ReplicaSet
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.config._policies import HealthConfig
 from wellwon_db.config._registry import DatabaseName, database_name
-from wellwon_db.config._settings import env_var_name
+from wellwon_db.config._settings import env_var_name, split_dsns
 from wellwon_db.errors import (
     ConfigurationError,
     DatabaseUnavailableError,
@@ -75,7 +77,10 @@ class DatabaseHealth:
     ``server_version`` is PostgreSQL's ``server_version``. ``error`` says why
     the database is down (never a DSN or password). ``pool`` is the pool's
     ``get_stats()`` (``{}`` while no pool is open) and ``breaker`` the
-    breaker's ``snapshot()``, both taken after the probe.
+    breaker's ``snapshot()``, both taken after the probe. For a replica
+    database, ``replicas`` lists each replica (address, state, lag in seconds
+    and bytes, its pool and breaker; empty when none is configured and its
+    reads go to the primary), and ``pool``/``breaker`` are empty.
     """
 
     database: str
@@ -86,6 +91,7 @@ class DatabaseHealth:
     error: str | None
     pool: dict[str, Any]
     breaker: dict[str, Any]
+    replicas: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -98,6 +104,7 @@ class DatabaseHealth:
             "error": self.error,
             "pool": dict(self.pool),
             "breaker": dict(self.breaker),
+            **({} if self.replicas is None else {"replicas": [dict(r) for r in self.replicas]}),
         }
 
 
@@ -167,8 +174,8 @@ class HealthChecker:
     def __init__(
         self,
         config: PostgresConfig,
-        slots: Mapping[str, PoolSlot],
-        clients: Mapping[str, DatabaseClient],
+        slots: Mapping[str, PoolSlot | ReplicaSet],
+        clients: Mapping[str, DatabaseClient | ReadOnlyClient],
     ) -> None:
         parsed_slots = {database_name(name): slot for name, slot in slots.items()}
         parsed_clients = {database_name(name): client for name, client in clients.items()}
@@ -181,8 +188,8 @@ class HealthChecker:
             if slot.database != database:
                 raise ValueError(f"the {slot.database} slot was given for the {database} database")
         self._config = config
-        self._slots: dict[DatabaseName, PoolSlot] = parsed_slots
-        self._clients: dict[DatabaseName, DatabaseClient] = parsed_clients
+        self._slots: dict[DatabaseName, PoolSlot | ReplicaSet] = parsed_slots
+        self._clients: dict[DatabaseName, DatabaseClient | ReadOnlyClient] = parsed_clients
         self._secrets = secrets_of(config)
 
     async def check(self) -> HealthReport:
@@ -192,9 +199,9 @@ class HealthChecker:
         report says. Cancelling the call cancels every probe.
         """
         unconfigured = {
-            str(database): slot.unconfigured.env_var or ""
+            str(database): missing.env_var or ""
             for database, slot in self._slots.items()
-            if slot.unconfigured is not None
+            if (missing := _unconfigured(slot)) is not None
         }
         checked = [database for database in self._slots if str(database) not in unconfigured]
         results = await asyncio.gather(*(self._check_one(database) for database in checked))
@@ -224,6 +231,9 @@ class HealthChecker:
             error = f"no answer within {settings.timeout:g}s ({var})"
         except Exception as exc:
             error = describe_error(exc)
+        error = None if error is None else redact_secrets(error, self._secrets)
+        if isinstance(slot, ReplicaSet):
+            return _replica_health(slot, settings, latency_ms, version, error)
         pool = slot.pool
         stats = pool.get_stats() if pool is not None else {}
         breaker = slot.breaker.snapshot()
@@ -233,10 +243,54 @@ class HealthChecker:
             required=settings.required,
             latency_ms=latency_ms,
             server_version=version,
-            error=None if error is None else redact_secrets(error, self._secrets),
-            pool=stats,
+            error=error,
+            pool=dict(stats),
             breaker=dict(breaker),
         )
+
+
+def _unconfigured(slot: PoolSlot | ReplicaSet) -> ConfigurationError | None:
+    """Why ``slot``'s database is not checked: it is off, or a replica database has no
+    replica configured (its reads go to the primary, which has its own check)."""
+    if isinstance(slot, ReplicaSet):
+        return slot.unconfigured
+    return slot.unconfigured
+
+
+def _replica_health(
+    replicas: ReplicaSet,
+    settings: HealthConfig,
+    latency_ms: float | None,
+    version: str | None,
+    error: str | None,
+) -> DatabaseHealth:
+    """A replica database: ``ok`` when its reads are served as configured (by a replica that
+    keeps up, or by the primary when it has none), ``degraded`` when replicas are configured
+    but none can take reads (the primary serves them), ``down`` when the probe failed."""
+    described = []
+    for endpoint in replicas.endpoints:
+        entry: dict[str, Any] = endpoint.describe()
+        pool = endpoint.slot.pool
+        entry["pool"] = dict(pool.get_stats()) if pool is not None else {}
+        entry["breaker"] = dict(endpoint.slot.breaker.snapshot())
+        described.append(entry)
+    if error is not None:
+        status: HealthStatus = "down"
+    elif replicas.endpoints and not replicas.usable:
+        status = "degraded"
+    else:
+        status = "ok"
+    return DatabaseHealth(
+        database=str(replicas.database),
+        status=status,
+        required=settings.required,
+        latency_ms=latency_ms,
+        server_version=version,
+        error=error,
+        pool={},
+        breaker={},
+        replicas=described,
+    )
 
 
 #: Probes given up on that are still finishing their clean-up (kept so they are not collected).
@@ -292,17 +346,19 @@ def secrets_of(config: PostgresConfig) -> list[str]:
     found: set[str] = set()
     for database in config.databases:
         try:
-            dsn = config.get_dsn(database)
+            value = config.get_dsn(database)
         except ConfigurationError:
             continue
-        found.add(dsn)
-        try:
-            parts = urlsplit(dsn)
-            passwords = [parts.password or ""]
-            passwords += [value for key, value in parse_qsl(parts.query) if key == "password"]
-        except ValueError:
-            continue
-        for password in passwords:
-            if password:
-                found.update({password, unquote(password), quote(password, safe="")})
+        found.add(value)
+        for dsn in split_dsns(value):  # a replica database may list several
+            found.add(dsn)
+            try:
+                parts = urlsplit(dsn)
+                passwords = [parts.password or ""]
+                passwords += [v for key, v in parse_qsl(parts.query) if key == "password"]
+            except ValueError:
+                continue
+            for password in passwords:
+                if password:
+                    found.update({password, unquote(password), quote(password, safe="")})
     return sorted((secret for secret in found if secret), key=len, reverse=True)

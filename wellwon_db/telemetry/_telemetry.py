@@ -45,10 +45,13 @@ __all__ = [
     "describe_query",
     "record_breaker_transition",
     "record_retry",
+    "record_route",
     "register_breaker",
     "register_pool",
+    "register_replica_set",
     "unregister_breaker",
     "unregister_pool",
+    "unregister_replica_set",
 ]
 
 
@@ -505,4 +508,99 @@ _meter.create_observable_gauge(
     callbacks=[_breaker_state],
     unit="1",
     description="1 for the breaker's current state, 0 for the others.",
+)
+
+
+# -- read replicas ---------------------------------------------------------------
+
+
+class ObservedReplica(Protocol):
+    """What the lag gauges read of one replica."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def lag_sec(self) -> float | None: ...
+
+    @property
+    def lag_bytes(self) -> int | None: ...
+
+
+class ObservedReplicaSet(Protocol):
+    """What the lag gauges read of a replica database."""
+
+    @property
+    def database(self) -> str: ...
+
+    @property
+    def endpoints(self) -> list[Any]: ...
+
+
+_replica_sets: weakref.WeakSet[Any] = weakref.WeakSet()
+_routes = _meter.create_counter(
+    "wellwon.db.replica.reads",
+    unit="{read}",
+    description="Reads of a replica database, by the server that answered (replica or "
+    "primary) and why.",
+)
+_route_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
+
+
+def record_route(database: str, target: str, reason: str) -> None:
+    """One read of replica database ``database`` went to ``target`` for ``reason``."""
+    key = (database, target, reason)
+    attributes = _route_attributes.get(key)
+    if attributes is None:
+        attributes = {
+            "wellwon.db.database": str(database),
+            "wellwon.db.replica.target": target,
+            "wellwon.db.replica.reason": reason,
+        }
+        _route_attributes[key] = attributes
+    _routes.add(1, attributes)
+
+
+def register_replica_set(replicas: ObservedReplicaSet) -> None:
+    """Make ``replicas``' lag visible to the lag gauges (while it is open)."""
+    _replica_sets.add(replicas)
+
+
+def unregister_replica_set(replicas: ObservedReplicaSet) -> None:
+    """Stop observing ``replicas``."""
+    _replica_sets.discard(replicas)
+
+
+def _replica_observations(attribute: str) -> Any:
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        for replicas in list(_replica_sets):
+            for endpoint in list(replicas.endpoints):
+                value = getattr(endpoint, attribute)
+                if value is not None:
+                    yield Observation(
+                        value,
+                        {
+                            "wellwon.db.database": str(replicas.database),
+                            "server.address": endpoint.address,
+                            "wellwon.db.replica.state": endpoint.state,
+                        },
+                    )
+
+    return callback
+
+
+_meter.create_observable_gauge(
+    "wellwon.db.replica.lag",
+    callbacks=[_replica_observations("lag_sec")],
+    unit="s",
+    description="How far each replica is behind its primary, from WAL positions.",
+)
+_meter.create_observable_gauge(
+    "wellwon.db.replica.lag_bytes",
+    callbacks=[_replica_observations("lag_bytes")],
+    unit="By",
+    description="WAL bytes the primary has written that each replica has not replayed.",
 )

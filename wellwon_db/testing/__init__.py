@@ -11,19 +11,19 @@
   for both.
 """
 
-from wellwon_db.testing._fakes import (
-    FakeCall,
+from wellwon_db.testing._fake_clients import (
     FakeDatabaseClient,
-    FakeDatabases,
     FakeMainDB,
-    FakeRecord,
+    FakeMainReplicaDB,
+    FakeReadOnlyClient,
     FakeReferenceDB,
+    FakeReferenceReplicaDB,
     FakeTransactionScope,
-    UnscriptedQueryError,
-    override_with_fakes,
 )
+from wellwon_db.testing._fakes import FakeDatabases, override_with_fakes
 from wellwon_db.testing._pgbouncer import PgBouncerNotFoundError, PgBouncerServer, find_pgbouncer
 from wellwon_db.testing._proxy import TcpProxy
+from wellwon_db.testing._scripting import FakeCall, FakeRecord, UnscriptedQueryError
 from wellwon_db.testing._server import (
     PostgresNotFoundError,
     PostgresServer,
@@ -36,8 +36,11 @@ __all__ = [
     "FakeDatabaseClient",
     "FakeDatabases",
     "FakeMainDB",
+    "FakeMainReplicaDB",
+    "FakeReadOnlyClient",
     "FakeRecord",
     "FakeReferenceDB",
+    "FakeReferenceReplicaDB",
     "FakeTransactionScope",
     "PgBouncerNotFoundError",
     "PgBouncerServer",
