@@ -15,6 +15,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from wellwon_db import Database, PoolConfig, PostgresConfig
 from wellwon_db.testing import PostgresServer
@@ -90,3 +96,31 @@ def run_cli(*args: str, cwd: Path, **settings: str) -> subprocess.CompletedProce
     assert "Traceback" not in result.stderr, result.stderr
     assert SECRET not in result.stdout + result.stderr
     return result
+
+
+#: The session's OpenTelemetry exporters (the SDK providers can be set once per process).
+OTEL_EXPORTER = InMemorySpanExporter()
+OTEL_READER = InMemoryMetricReader()
+
+
+def install_otel_sdk() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
+    """Set the SDK's tracer and meter providers (once), recording into the exporters above."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(OTEL_EXPORTER))
+        trace.set_tracer_provider(provider)
+        metrics.set_meter_provider(MeterProvider(metric_readers=[OTEL_READER]))
+    return OTEL_EXPORTER, OTEL_READER
+
+
+def metric_points() -> dict[str, list[Any]]:
+    """Every data point the reader has, by metric name."""
+    data = OTEL_READER.get_metrics_data()
+    found: dict[str, list[Any]] = {}
+    if data is None:
+        return found
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(metric.data.data_points)
+    return found

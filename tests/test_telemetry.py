@@ -15,15 +15,20 @@ from typing import Any
 
 import asyncpg
 import pytest
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.helpers import MAIN_DB, SECRET, Servers, wait_until
+from tests.helpers import (
+    MAIN_DB,
+    OTEL_EXPORTER,
+    OTEL_READER,
+    SECRET,
+    Servers,
+    install_otel_sdk,
+    wait_until,
+)
 from wellwon_db import (
     CircuitOpenError,
     DatabaseContainer,
@@ -35,18 +40,12 @@ from wellwon_db import (
     stop_databases,
 )
 
-_exporter = InMemorySpanExporter()
-_reader = InMemoryMetricReader()
+_exporter, _reader = OTEL_EXPORTER, OTEL_READER
 
 
 @pytest.fixture(scope="module")
 def sdk() -> tuple[InMemorySpanExporter, InMemoryMetricReader]:
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
-        trace.set_tracer_provider(provider)
-        metrics.set_meter_provider(MeterProvider(metric_readers=[_reader]))
-    return _exporter, _reader
+    return install_otel_sdk()
 
 
 @pytest.fixture

@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from wellwon_db.client._slot import PoolSlot
+from wellwon_db.client._write_tracking import record_position
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError
 from wellwon_db.pool._failures import is_availability_failure
 from wellwon_db.pool._failures import translate_error as _translate
 from wellwon_db.pool._pool import Connection
-from wellwon_db.pool._session import SessionEffect, session_effect
+from wellwon_db.pool._session import SessionEffect, session_effect, writes_data
 from wellwon_db.resilience._breaker import CircuitBreaker
 from wellwon_db.resilience._retry import is_retryable
 
@@ -107,6 +108,14 @@ async def run_guarded(
     # the connection goes back still frees its half-open probe.
     breaker.record_success(_monotonic() - started)
     telemetry.finish(span, query, started, batch=batch)
+    if slot.track_writes and writes_data(query):
+        try:
+            await record_position(slot, connection)
+        except asyncio.CancelledError:
+            pool.release_soon(connection, effect)
+            raise
+        except Exception:
+            effect = SessionEffect.BROKEN  # the statement committed; its connection did not last
     if not pool.give_back(connection, effect):
         await pool.finish_release(connection, effect)
     return result

@@ -18,12 +18,13 @@ import asyncpg
 
 from wellwon_db.client._guarded import record_outcome
 from wellwon_db.client._slot import PoolSlot
+from wellwon_db.client._write_tracking import record_position
 from wellwon_db.config._registry import DatabaseName
 from wellwon_db.errors import DatabaseUnavailableError
 from wellwon_db.pool._failures import translate_error
 from wellwon_db.pool._pool import Connection, DatabasePool
 from wellwon_db.pool._raw import RawConnection
-from wellwon_db.pool._session import SessionEffect, session_effect
+from wellwon_db.pool._session import SessionEffect, session_effect, writes_data
 from wellwon_db.resilience._retry import is_transaction_retryable
 from wellwon_db.telemetry._telemetry import PoolTelemetry
 
@@ -100,6 +101,7 @@ class TransactionScope:
         """
         connection = self._live()
         self._owner.effect = max(self._owner.effect, SessionEffect.RESET)
+        self._owner.wrote = True  # anything may be done with it
         if self._lent is None:
             self._lent = RawConnection(connection)
         return cast("Connection", self._lent)
@@ -113,8 +115,11 @@ class TransactionScope:
     ) -> _T:
         connection = self._live()
         effect = session_effect(query)
-        if effect > self._owner.effect:
-            self._owner.effect = effect
+        owner = self._owner
+        if effect > owner.effect:
+            owner.effect = effect
+        if not owner.wrote and owner.tracks_writes and writes_data(query):
+            owner.wrote = True
         telemetry = self._telemetry
         span = telemetry.start(query) if telemetry is not None else None
         started = time.monotonic()
@@ -185,6 +190,8 @@ class Transaction:
         "_tx",
         "commit_attempted",
         "effect",
+        "tracks_writes",
+        "wrote",
     )
 
     def __init__(
@@ -204,6 +211,10 @@ class Transaction:
         self._span: tuple[Any, object] | None = None
         self.effect = SessionEffect.NONE
         self.commit_attempted = False
+        #: Record the commit's WAL position (the primary's replicas are open) ...
+        self.tracks_writes = slot.track_writes
+        #: ... if a statement of the block may have written.
+        self.wrote = False
 
     async def __aenter__(self) -> TransactionScope:
         if self._connection is not None:
@@ -288,6 +299,13 @@ class Transaction:
                     raise translated from error
                 breaker.record_success(time.monotonic() - self._started)
                 self._end_span("commit", None)
+                if self.wrote and self.tracks_writes:
+                    try:
+                        await record_position(self._slot, connection)
+                    except Exception:
+                        # Committed; only the position could not be read (recorded as unknown).
+                        await pool.release_connection(connection, SessionEffect.BROKEN)
+                        return
             else:
                 record_outcome(breaker, exc, self._started)
                 self._end_span("rollback", exc)

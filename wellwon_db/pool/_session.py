@@ -53,7 +53,7 @@ from typing import Any, Final
 
 from pglast.parser import ParseError, parse_sql_json
 
-__all__ = ["SessionEffect", "session_effect"]
+__all__ = ["SessionEffect", "session_effect", "writes_data"]
 
 
 class SessionEffect(IntEnum):
@@ -235,3 +235,44 @@ def _names_pg_temp(element: Any) -> bool:
         return False
     string = element.get("String")
     return type(string) is dict and str(string.get("sval", "")).startswith("pg_temp")
+
+
+#: Top-level statements that change no data another session could read.
+_READ_KINDS: Final = frozenset(
+    {
+        "SelectStmt",
+        "VariableShowStmt",
+        "VariableSetStmt",
+        "ExplainStmt",
+        "DeclareCursorStmt",
+        "FetchStmt",
+        "ClosePortalStmt",
+        "ListenStmt",
+        "UnlistenStmt",
+        "TransactionStmt",
+    }
+)
+_WRITE_NODES: Final = re.compile(r'"(?:InsertStmt|UpdateStmt|DeleteStmt|MergeStmt|intoClause)"')
+
+
+@functools.lru_cache(maxsize=4096)
+def writes_data(query: str) -> bool:
+    """Whether ``query`` may change data that other sessions read (for read-your-writes).
+
+    Reads: SELECT (without INTO, without a data-modifying WITH), SHOW, SET,
+    EXPLAIN (not of a write), cursor and transaction control. Everything else,
+    and any text the parser cannot read, counts as a write. A function called
+    by a SELECT is taken at its word: ``SELECT my_function_that_writes()`` is
+    a read here (see docs/replicas.md). Cached per text.
+    """
+    try:
+        serialized = parse_sql_json(query)
+    except (ParseError, ValueError):
+        return True
+    if _WRITE_NODES.search(serialized) is not None:
+        return True
+    try:
+        tree = json.loads(serialized)
+    except RecursionError:
+        return True
+    return any(next(iter(raw["stmt"])) not in _READ_KINDS for raw in tree.get("stmts", ()))
