@@ -66,7 +66,17 @@ def test_demo_routes_each_database_to_its_own_server() -> None:
     assert re.search(r"^  linus\s+balance 75\.00$", out, re.M)
     assert re.search(r"^  linus\s+ships from FI \(customs FI-TULLI\)$", out, re.M)
 
-    assert out.splitlines()[-1] == "done: every pool closed, both servers stopped and deleted."
+    # The replica answers reads; after this task's own write, main does, until replayed.
+    replica_port = re.search(r"^  main replica on 127\.0\.0\.1:(\d+)$", out, re.M)
+    assert replica_port is not None
+    rows = re.findall(r"^    ada balance (\S+), answered by (.+) on port (\d+)$", out, re.M)
+    assert rows == [
+        ("75.00", "the replica", replica_port[1]),
+        ("999.00", "main (the primary)", started["main"]),
+        ("75.00", "the replica", replica_port[1]),
+    ]
+
+    assert out.splitlines()[-1] == "done: every pool closed, every server stopped and deleted."
 
 
 def test_no_command_is_a_usage_error() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from dependency_injector import providers
 
 from wellwon_db.config._config import PostgresConfig
-from wellwon_db.config._registry import DatabaseName, is_declared
+from wellwon_db.config._registry import DatabaseName, is_declared, spec_for
 from wellwon_db.config._report import ConfigReport, build_config_report
 from wellwon_db.config._settings import DEFAULT_ENV_FILE
 from wellwon_db.di._container import DatabaseContainer, check_health, stop_databases
@@ -294,7 +294,11 @@ def format_health(report: HealthReport) -> str:
         *_table(headers, rows),
     ]
     for name, variable in report.unconfigured.items():
-        lines.append(f"{name}: not configured (set {variable} to turn it on)")
+        primary = spec_for(name).replica_of
+        if primary is None:
+            lines.append(f"{name}: not configured (set {variable} to turn it on)")
+        else:
+            lines.append(f"{name}: no replica configured, reads go to {primary} (set {variable})")
     return "\n".join(lines)
 
 

@@ -1,10 +1,13 @@
-"""``wellwon-db demo``: two embedded servers, the container wired through the environment."""
+"""``wellwon-db demo``: embedded servers (main, its replica, reference), one container."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Callable
 
 from wellwon_db.client._client import MainDB, ReferenceDB
+from wellwon_db.client._readonly import MainReplicaDB
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.di._container import DatabaseContainer, database_lifespan
 from wellwon_db.testing._server import PostgresServer
@@ -12,9 +15,10 @@ from wellwon_db.testing._server import PostgresServer
 __all__ = ["run_demo"]
 
 #: The demo's settings, given in code (they win over the environment).
-_DEMO_SETTINGS = {
+_DEMO_SETTINGS: dict[str, dict[str, float]] = {
     "main": {"pool_min_size": 4, "pool_max_size": 8},
     "reference": {"pool_min_size": 2, "pool_max_size": 3, "pool_command_timeout_sec": 5},
+    "main_replica": {"pool_min_size": 1, "pool_max_size": 2, "lag_check_sec": 0.1},
 }
 
 
@@ -23,26 +27,34 @@ class InsufficientFunds(Exception):
 
 
 async def run_demo(out: Callable[[str], None] = print) -> None:
-    """Start two throwaway servers, run the tour, stop everything."""
-    out("starting two embedded PostgreSQL servers ...")
-    with PostgresServer("main") as main_server, PostgresServer("reference") as ref_server:
+    """Start three throwaway servers (main, its replica, reference), run the tour, stop them."""
+    out("starting embedded PostgreSQL servers: main, a streaming replica of it, reference ...")
+    # synchronous_commit on (PostgreSQL's default): the replica receives each commit at once.
+    main_server = PostgresServer("main", settings={"synchronous_commit": "on"})
+    with main_server, PostgresServer("reference") as ref_server:
         main_dsn = main_server.create_database("wellwon_main")
         ref_dsn = ref_server.create_database("wellwon_reference")
-        out(f"  main      on {main_server.host}:{main_server.port}")
-        out(f"  reference on {ref_server.host}:{ref_server.port}")
-        container = DatabaseContainer()
-        container.settings.from_dict(
-            {
-                "main": {**_DEMO_SETTINGS["main"], "dsn": main_dsn},
-                "reference": {**_DEMO_SETTINGS["reference"], "dsn": ref_dsn},
-            }
-        )
-        await _tour(container, out)
-        out("stopping the servers ...")
-    out("done: every pool closed, both servers stopped and deleted.")
+        with PostgresServer.standby_of(main_server, "main-replica") as replica_server:
+            replica_dsn = replica_server.dsn("wellwon_main")
+            out(f"  main         on {main_server.host}:{main_server.port}")
+            out(f"  main replica on {replica_server.host}:{replica_server.port}")
+            out(f"  reference    on {ref_server.host}:{ref_server.port}")
+            container = DatabaseContainer()
+            container.settings.from_dict(
+                {
+                    "main": {**_DEMO_SETTINGS["main"], "dsn": main_dsn},
+                    "reference": {**_DEMO_SETTINGS["reference"], "dsn": ref_dsn},
+                    "main_replica": {**_DEMO_SETTINGS["main_replica"], "dsn": replica_dsn},
+                }
+            )
+            await _tour(container, replica_server, out)
+            out("stopping the servers ...")
+    out("done: every pool closed, every server stopped and deleted.")
 
 
-async def _tour(container: DatabaseContainer, out: Callable[[str], None]) -> None:
+async def _tour(
+    container: DatabaseContainer, replica_server: PostgresServer, out: Callable[[str], None]
+) -> None:
     config: PostgresConfig = container.config()
     out("\nsettings from code over the environment (each database its own):")
     for database in config.databases:
@@ -106,7 +118,58 @@ async def _tour(container: DatabaseContainer, out: Callable[[str], None]) -> Non
         for user in users:
             code = codes.get(user["country"], "?")
             out(f"  {user['username']:<6} ships from {user['country']} (customs {code})")
+
+        await _replicas(main, container.main_replica_db(), replica_server, out)
         out("\nshutting the pools down ...")
+
+
+async def _replicas(
+    main: MainDB,
+    replica: MainReplicaDB,
+    replica_server: PostgresServer,
+    out: Callable[[str], None],
+) -> None:
+    out("\nreads from main's replica (MainReplicaDB), in a task that wrote nothing:")
+    await _caught_up(replica)
+    await asyncio.create_task(_replica_row(replica, "ada", out), context=contextvars.Context())
+    out("\nread-your-writes, with the replica's replay paused:")
+    await replica_server.apause_replay()
+    try:
+        await main.execute("UPDATE user_accounts SET balance = 999 WHERE username = 'ada'")
+        out("  this task wrote:")
+        await _replica_row(replica, "ada", out)
+        out("  a task that wrote nothing:")
+        await asyncio.create_task(_replica_row(replica, "ada", out), context=contextvars.Context())
+    finally:
+        await replica_server.aresume_replay()
+
+
+async def _caught_up(replica: MainReplicaDB, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the replica has replayed the sample data."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        row = await asyncio.create_task(
+            replica.fetchrow(
+                "SELECT pg_is_in_recovery(), to_regclass('user_accounts') IS NOT NULL"
+            ),
+            context=contextvars.Context(),
+        )
+        if row is not None and row[0] and row[1]:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError("the replica did not catch up")
+        await asyncio.sleep(0.05)
+
+
+async def _replica_row(replica: MainReplicaDB, username: str, out: Callable[[str], None]) -> None:
+    row = await replica.fetchrow(
+        "SELECT balance, pg_is_in_recovery() AS on_replica, inet_server_port() AS port "
+        "FROM user_accounts WHERE username = $1",
+        username,
+    )
+    assert row is not None
+    server = "the replica" if row["on_replica"] else "main (the primary)"
+    out(f"    {username} balance {row['balance']}, answered by {server} on port {row['port']}")
 
 
 async def _create_sample_data(main: MainDB, reference: ReferenceDB) -> None:
