@@ -16,6 +16,7 @@ WELLWON_DB_ALL = [
     "BreakerConfig",
     "BreakerState",
     "BreakerTransition",
+    "CachedQueries",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",

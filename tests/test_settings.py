@@ -161,6 +161,22 @@ PER_DATABASE = [
         "PG_REFERENCE_BREAKER_PROBE_INTERVAL_SEC",
         "0.25",
     ),
+    ("cache_enabled", "PG_CACHE_ENABLED", "PG_REFERENCE_CACHE_ENABLED", ""),  # per-db default
+    ("cache_max_entries", "PG_CACHE_MAX_ENTRIES", "PG_REFERENCE_CACHE_MAX_ENTRIES", "500"),
+    ("cache_ttl_sec", "PG_CACHE_TTL_SEC", "PG_REFERENCE_CACHE_TTL_SEC", "30"),
+    (
+        "cache_stale_if_error_sec",
+        "PG_CACHE_STALE_IF_ERROR_SEC",
+        "PG_REFERENCE_CACHE_STALE_IF_ERROR_SEC",
+        "5",
+    ),
+    ("cache_channel", "PG_CACHE_CHANNEL", "PG_REFERENCE_CACHE_CHANNEL", "my_channel"),
+    (
+        "cache_listen_dsn",
+        "PG_CACHE_LISTEN_DSN",
+        "PG_REFERENCE_CACHE_LISTEN_DSN",
+        "postgresql://u@direct:5432/db",
+    ),
     ("retry_attempts", "PG_RETRY_ATTEMPTS", "PG_REFERENCE_RETRY_ATTEMPTS", "5"),
     ("retry_backoff_sec", "PG_RETRY_BACKOFF_SEC", "PG_REFERENCE_RETRY_BACKOFF_SEC", "0.2"),
     (
@@ -490,3 +506,15 @@ def test_each_variable_of_an_undeclared_database_is_its_own(
     assert _value(config, "audit", field) != _value(baseline, "audit", field)
     for untouched in (Database.MAIN, Database.REFERENCE):
         assert _value(config, untouched, field) == _value(baseline, untouched, field)
+
+
+def test_cache_is_on_for_reference_only_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = PostgresConfig.load()
+    assert config.settings_for(Database.REFERENCE).cache_enabled is True
+    for database in (Database.MAIN, Database.MAIN_REPLICA, "audit"):
+        assert config.settings_for(database).cache_enabled is False
+    monkeypatch.setenv("PG_CACHE_ENABLED", "true")
+    monkeypatch.setenv("PG_REFERENCE_CACHE_ENABLED", "false")
+    config = PostgresConfig.load()
+    assert config.settings_for(Database.MAIN).cache_enabled is True
+    assert config.settings_for(Database.REFERENCE).cache_enabled is False

@@ -6,6 +6,7 @@ layer (``config``, ``telemetry``, ``pool``, ``resilience``, ``client``,
 """
 
 from wellwon_db._version import __version__ as __version__
+from wellwon_db.client._cached import CachedQueries
 from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
 from wellwon_db.client._positions import read_after, write_token
 from wellwon_db.client._readonly import MainReplicaDB, ReadOnlyClient, ReferenceReplicaDB
@@ -53,6 +54,7 @@ __all__ = [
     "BreakerConfig",
     "BreakerState",
     "BreakerTransition",
+    "CachedQueries",
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",

@@ -26,8 +26,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import asyncpg
 from dependency_injector import providers
 
+from wellwon_db.cli._cache_command import add_cache_parser, run_cache_install
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.config._registry import DatabaseName, is_declared, spec_for
 from wellwon_db.config._report import ConfigReport, build_config_report
@@ -108,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_cache_parser(commands)
     for command in (health, config):
         command.add_argument("--json", action="store_true", help="print JSON instead of a table")
         command.add_argument(
@@ -130,13 +133,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_health(_env_file(args.env_file), as_json=args.json))
         elif args.command == "config":
             return run_config(_env_file(args.env_file), as_json=args.json)
+        elif args.command == "cache":
+            return asyncio.run(
+                run_cache_install(
+                    _env_file(args.env_file),
+                    args.database,
+                    args.tables,
+                    print_sql=args.print_sql,
+                )
+            )
     except ConfigurationError as exc:
         print(f"wellwon-db: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (DatabaseUnavailableError, PostgresNotFoundError) as exc:
         print(f"wellwon-db: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    except WellwonDBError as exc:
+    except (WellwonDBError, asyncpg.PostgresError) as exc:
         print(f"wellwon-db: {exc}", file=sys.stderr)
         return EXIT_SOFTWARE
     except KeyboardInterrupt:

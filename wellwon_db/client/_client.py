@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 
+from wellwon_db.client._cached import CachedQueries
 from wellwon_db.client._declared import DeclaredClient
 from wellwon_db.client._guarded import record_outcome, run_guarded
 from wellwon_db.client._slot import PoolSlot
@@ -95,7 +96,7 @@ class DatabaseClient(DeclaredClient):
     An instance then accepts only that database's pool.
     """
 
-    __slots__ = ("_database", "_slot")
+    __slots__ = ("_cached", "_database", "_slot")
 
     def __init__(self, pool: DatabasePool | PoolSlot) -> None:
         expected = type(self).spec
@@ -116,6 +117,7 @@ class DatabaseClient(DeclaredClient):
             )
         self._slot = slot
         self._database = slot.database
+        self._cached: CachedQueries | None = None
 
     def __repr__(self) -> str:
         target = self._slot.pool or f"{self._database} (not open)"
@@ -130,6 +132,18 @@ class DatabaseClient(DeclaredClient):
     def pool(self) -> DatabasePool:
         """The open pool this client draws from; ``PoolClosedError`` when none is open."""
         return self._slot.get()
+
+    @property
+    def cached(self) -> CachedQueries:
+        """The result cache's view of this client: ``fetch``, ``fetchrow``, ``fetchval``.
+
+        Its calls raise ``ConfigurationError`` naming ``PG_[<DB>_]CACHE_ENABLED``
+        when the cache is off for this database (docs/caching.md).
+        """
+        view = self._cached
+        if view is None:
+            view = self._cached = CachedQueries(self, self._slot)
+        return view
 
     @property
     def breaker(self) -> CircuitBreaker:

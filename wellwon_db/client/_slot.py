@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from wellwon_db.config._policies import BreakerConfig, RetryConfig
 from wellwon_db.config._registry import Database, DatabaseName, database_name
 from wellwon_db.errors import ConfigurationError, PoolClosedError
@@ -9,6 +11,9 @@ from wellwon_db.pool._pool import DatabasePool
 from wellwon_db.resilience._breaker import CircuitBreaker
 from wellwon_db.resilience._retry import RetryPolicy
 from wellwon_db.telemetry._telemetry import record_breaker_transition
+
+if TYPE_CHECKING:
+    from wellwon_db.client._cached import CacheService
 
 __all__ = ["PoolSlot"]
 
@@ -28,7 +33,16 @@ class PoolSlot:
     record their WAL position for read-your-writes.
     """
 
-    __slots__ = ("breaker", "database", "pool", "retry", "track_writes", "unconfigured")
+    __slots__ = (
+        "breaker",
+        "cache",
+        "cache_off",
+        "database",
+        "pool",
+        "retry",
+        "track_writes",
+        "unconfigured",
+    )
 
     def __init__(
         self,
@@ -43,6 +57,10 @@ class PoolSlot:
         self.unconfigured: ConfigurationError | None = None
         #: Record the WAL position of committed writes (a replica database reads after them).
         self.track_writes = False
+        #: The result cache while the pool is open with it enabled (``client.cached``).
+        self.cache: CacheService | None = None
+        #: Why there is none: the setting that turns it on.
+        self.cache_off: ConfigurationError | None = None
         self.breaker = CircuitBreaker(str(self.database), breaker)
         self.breaker.add_listener(record_breaker_transition)
         self.retry = RetryPolicy(str(self.database), retry)
@@ -64,13 +82,17 @@ class PoolSlot:
         """
         pool = self.pool
         if pool is None:
-            if self.unconfigured is not None:
-                raise self.unconfigured
-            raise PoolClosedError(
-                f"the {self.database} database pool is not open: start it with "
-                "`await wellwon_db.start_databases(container)` (or `database_lifespan`) "
-                "before using the client; after stop_databases() the client works again "
-                "once the pools are started",
-                database=str(self.database),
-            )
+            raise self.no_pool_error()
         return pool
+
+    def no_pool_error(self) -> ConfigurationError | PoolClosedError:
+        """Why no pool is open: the database is off (unconfigured), or not started."""
+        if self.unconfigured is not None:
+            return self.unconfigured
+        return PoolClosedError(
+            f"the {self.database} database pool is not open: start it with "
+            "`await wellwon_db.start_databases(container)` (or `database_lifespan`) "
+            "before using the client; after stop_databases() the client works again "
+            "once the pools are started",
+            database=str(self.database),
+        )

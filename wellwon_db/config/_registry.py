@@ -65,7 +65,7 @@ class Database(StrEnum):
 DatabaseName = Database | str
 
 #: The setting groups of the variable pattern ``PG_[<DB>_]<GROUP>_<KNOB>``.
-GROUPS: Final = ("POOL", "STARTUP", "BREAKER", "RETRY", "LOG", "HEALTH")
+GROUPS: Final = ("POOL", "STARTUP", "BREAKER", "RETRY", "LOG", "HEALTH", "CACHE")
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 

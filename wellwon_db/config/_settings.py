@@ -339,6 +339,51 @@ class DatabaseSettings(BaseSettings):
             "succeeds lets the half-open probes through at once. 0: no attempts."
         ),
     )
+    cache_enabled: bool = Field(
+        default=False,
+        description=(
+            "true: client.cached serves results from a per-process cache invalidated by "
+            "LISTEN/NOTIFY (docs/caching.md); default true for reference, false for the others."
+        ),
+    )
+    cache_max_entries: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Most results cached per process; the least recently used go first.",
+    )
+    cache_ttl_sec: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400 * 7,
+        description=(
+            "Seconds a cached result is kept at most: a safety net, not the mechanism "
+            "(invalidation is)."
+        ),
+    )
+    cache_stale_if_error_sec: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "While the database cannot be reached, seconds (from the start of the outage) "
+            "cached results keep answering; 0: never."
+        ),
+    )
+    cache_channel: str = Field(
+        default="wellwon_db_invalidation",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z_][a-z0-9_$]*$",
+        description="The NOTIFY channel the invalidation triggers and listeners use.",
+    )
+    cache_listen_dsn: SecretStr | None = Field(
+        default=None,
+        description=(
+            "DSN of the dedicated LISTEN connection when it must differ from the database's "
+            "(e.g. around PgBouncer in transaction mode); unset: the database's DSN."
+        ),
+    )
     retry_attempts: int = Field(
         default=3,
         ge=1,
@@ -381,6 +426,11 @@ class DatabaseSettings(BaseSettings):
         if self.dsn is not None:
             for dsn in split_dsns(self.dsn.get_secret_value()):
                 validate_dsn(dsn, env_var_name(type(self), "dsn"))
+        if self.cache_listen_dsn is not None:
+            validate_dsn(
+                self.cache_listen_dsn.get_secret_value(),
+                env_var_name(type(self), "cache_listen_dsn"),
+            )
         for low, high in (
             ("breaker_open_sec", "breaker_open_max_sec"),
             ("retry_backoff_sec", "retry_backoff_max_sec"),
@@ -457,6 +507,7 @@ def settings_class(spec: DatabaseSpec) -> type[DatabaseSettings]:
     annotations: dict[str, Any] = {
         "dsn": "SecretStr | None",
         "startup_dsn_required": "bool",
+        "cache_enabled": "bool",
     }
     namespace: dict[str, Any] = {
         "__module__": __name__,
@@ -477,6 +528,10 @@ def settings_class(spec: DatabaseSpec) -> type[DatabaseSettings]:
         "startup_dsn_required": Field(
             default=spec.required,
             description=DatabaseSettings.model_fields["startup_dsn_required"].description,
+        ),
+        "cache_enabled": Field(
+            default=spec.name == Database.REFERENCE,
+            description=DatabaseSettings.model_fields["cache_enabled"].description,
         ),
     }
     if spec is MAIN:

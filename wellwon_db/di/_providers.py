@@ -21,6 +21,8 @@ from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from dependency_injector import containers, providers
 
+from wellwon_db.client._cache import CacheConfig
+from wellwon_db.client._cached import CacheService
 from wellwon_db.client._client import DatabaseClient
 from wellwon_db.client._declared import DeclaredClient
 from wellwon_db.client._readonly import ReadOnlyClient
@@ -28,7 +30,7 @@ from wellwon_db.client._replicas import ReplicaEndpoint, ReplicaSet
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.config._registry import DatabaseName, DatabaseSpec, client_class_of, spec_for
-from wellwon_db.config._settings import ReplicaSettings, split_dsns
+from wellwon_db.config._settings import ReplicaSettings, env_var_name, split_dsns
 from wellwon_db.errors import ConfigurationError
 from wellwon_db.pool._pool import DatabasePool
 from wellwon_db.telemetry._telemetry import (
@@ -95,6 +97,11 @@ async def open_database_pool(
         telemetry=config.get_telemetry_config(spec.name),
     )
     await pool.open()
+    try:
+        service = await _start_cache(spec, config, slot)
+    except BaseException:
+        await pool.close()
+        raise
     slot.pool = pool
     register_breaker(slot.breaker)
     try:
@@ -103,7 +110,59 @@ async def open_database_pool(
         unregister_breaker(slot.breaker)
         if slot.pool is pool:
             slot.pool = None
+        slot.cache = None
+        if service is not None:
+            await service.stop()
         await pool.close()
+
+
+async def _start_cache(
+    spec: DatabaseSpec, config: PostgresConfig, slot: PoolSlot
+) -> CacheService | None:
+    """The database's result cache, listening, when it is enabled (else why not, on the slot)."""
+    settings = config.settings_for(spec.name)
+    settings_type = type(settings)
+    enabled = env_var_name(settings_type, "cache_enabled")
+    if not settings.cache_enabled:
+        slot.cache, slot.cache_off = (
+            None,
+            ConfigurationError(
+                f"the {spec.name} database has no result cache: set {enabled}=true "
+                "(docs/caching.md)",
+                env_var=enabled,
+            ),
+        )
+        return None
+    listen_dsn = settings.cache_listen_dsn
+    if listen_dsn is None and settings.pool_pgbouncer:
+        var = env_var_name(settings_type, "cache_listen_dsn")
+        slot.cache, slot.cache_off = (
+            None,
+            ConfigurationError(
+                f"the {spec.name} database's result cache is off: its DSN points at PgBouncer "
+                f"({env_var_name(settings_type, 'pool_pgbouncer')}=true), where LISTEN does not "
+                f"work; set {var} to a direct DSN (or {enabled}=false)",
+                env_var=var,
+            ),
+        )
+        logger.warning("%s", slot.cache_off)
+        return None
+    service = CacheService(
+        str(spec.name),
+        CacheConfig(
+            max_entries=settings.cache_max_entries,
+            ttl=settings.cache_ttl_sec,
+            stale_if_error=settings.cache_stale_if_error_sec,
+        ),
+        listen_dsn=(
+            listen_dsn.get_secret_value() if listen_dsn is not None else config.get_dsn(spec.name)
+        ),
+        channel=settings.cache_channel,
+        connect_timeout=settings.pool_connect_timeout_sec,
+    )
+    await service.start()
+    slot.cache, slot.cache_off = service, None
+    return service
 
 
 class DatabaseProviders(NamedTuple, Generic[_C]):

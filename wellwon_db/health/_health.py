@@ -80,7 +80,8 @@ class DatabaseHealth:
     breaker's ``snapshot()``, both taken after the probe. For a replica
     database, ``replicas`` lists each replica (address, state, lag in seconds
     and bytes, its pool and breaker; empty when none is configured and its
-    reads go to the primary), and ``pool``/``breaker`` are empty.
+    reads go to the primary), and ``pool``/``breaker`` are empty. ``cache``
+    describes its result cache (listener state, entries, counts) when it has one.
     """
 
     database: str
@@ -92,6 +93,7 @@ class DatabaseHealth:
     pool: dict[str, Any]
     breaker: dict[str, Any]
     replicas: list[dict[str, Any]] | None = None
+    cache: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -105,6 +107,7 @@ class DatabaseHealth:
             "pool": dict(self.pool),
             "breaker": dict(self.breaker),
             **({} if self.replicas is None else {"replicas": [dict(r) for r in self.replicas]}),
+            **({} if self.cache is None else {"cache": dict(self.cache)}),
         }
 
 
@@ -246,6 +249,7 @@ class HealthChecker:
             error=error,
             pool=dict(stats),
             breaker=dict(breaker),
+            cache=None if slot.cache is None else slot.cache.describe(),
         )
 
 

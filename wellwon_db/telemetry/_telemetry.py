@@ -44,12 +44,15 @@ __all__ = [
     "PoolTelemetry",
     "describe_query",
     "record_breaker_transition",
+    "record_invalidation_lag",
     "record_retry",
     "record_route",
     "register_breaker",
+    "register_cache",
     "register_pool",
     "register_replica_set",
     "unregister_breaker",
+    "unregister_cache",
     "unregister_pool",
     "unregister_replica_set",
 ]
@@ -604,3 +607,59 @@ _meter.create_observable_gauge(
     unit="By",
     description="WAL bytes the primary has written that each replica has not replayed.",
 )
+
+
+# -- result cache ----------------------------------------------------------------
+
+_invalidation_lag = _meter.create_histogram(
+    "wellwon.db.cache.invalidation.lag",
+    unit="s",
+    description="Time from a table change's commit to this process dropping its cached results.",
+    explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+)
+
+
+class ObservedCache(Protocol):
+    """What the cache counters read of a database's result cache."""
+
+    @property
+    def database(self) -> str: ...
+
+    def events(self) -> dict[str, int]: ...
+
+
+_caches: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def register_cache(cache: ObservedCache) -> None:
+    """Count ``cache``'s events (while it runs)."""
+    _caches.add(cache)
+
+
+def unregister_cache(cache: ObservedCache) -> None:
+    """Stop counting ``cache``'s events."""
+    _caches.discard(cache)
+
+
+def _cache_events(options: CallbackOptions) -> Iterable[Observation]:
+    for cache in list(_caches):
+        for event, count in cache.events().items():
+            yield Observation(
+                count,
+                {"wellwon.db.database": str(cache.database), "wellwon.db.cache.event": event},
+            )
+
+
+_meter.create_observable_counter(
+    "wellwon.db.cache.events",
+    callbacks=[_cache_events],
+    unit="{event}",
+    description="Result-cache events since the cache started, by kind: hits, misses, stores, "
+    "bypasses (listener not listening), stale_served (during an outage), evictions, "
+    "invalidations.",
+)
+
+
+def record_invalidation_lag(database: str, seconds: float) -> None:
+    """A change notification reached this process ``seconds`` after its commit."""
+    _invalidation_lag.record(seconds, {"wellwon.db.database": str(database)})

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from wellwon_db.client._cached import CachedQueries
 from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
 from wellwon_db.client._readonly import MainReplicaDB, ReadOnlyClient, ReferenceReplicaDB
 from wellwon_db.client._replicas import ReplicaSet
@@ -23,6 +24,7 @@ from wellwon_db.pool._pool import Connection
 from wellwon_db.testing._scripting import FakeCall, Scripted, rows_of, value_of
 
 __all__ = [
+    "FakeCachedQueries",
     "FakeDatabaseClient",
     "FakeMainDB",
     "FakeMainReplicaDB",
@@ -138,6 +140,11 @@ class FakeDatabaseClient(Scripted, DatabaseClient):
         ) as scope:
             return await fn(scope, *args)
 
+    @property
+    def cached(self) -> CachedQueries:
+        """The cached view, answered by the same scripts (no cache, no listener)."""
+        return FakeCachedQueries(self)
+
     def acquire(self) -> AbstractAsyncContextManager[Connection]:
         """Not available: a fake has no raw connections."""
         raise NotImplementedError(
@@ -201,6 +208,45 @@ class FakeTransactionScope(TransactionScope):
             calls.append(FakeCall("rollback_to_savepoint", in_transaction=True))
             raise
         calls.append(FakeCall("release_savepoint", in_transaction=True))
+
+
+class FakeCachedQueries(CachedQueries):
+    """``fake.cached``: the fake's own scripts answer (recorded as ``fetch`` and so on)."""
+
+    __slots__ = ()
+
+    def __init__(self, fake: FakeDatabaseClient) -> None:
+        super().__init__(fake, fake._slot)
+
+    @property
+    def _fake(self) -> FakeDatabaseClient:
+        fake = self._client
+        assert isinstance(fake, FakeDatabaseClient)
+        return fake
+
+    async def fetch(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        tables: Iterable[str] | None = None,
+    ) -> list[asyncpg.Record]:
+        """Scripted rows."""
+        return await self._fake.fetch(query, *args)
+
+    async def fetchrow(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        tables: Iterable[str] | None = None,
+    ) -> asyncpg.Record | None:
+        """The first scripted row, or ``None``."""
+        return await self._fake.fetchrow(query, *args)
+
+    async def install_invalidation(self, *tables: str | Sequence[str]) -> None:
+        """Records an ``install_invalidation`` call with the tables as its args."""
+        self._fake.calls.append(FakeCall("install_invalidation", args=tuple(tables)))
 
 
 class FakeMainDB(FakeDatabaseClient, MainDB):
