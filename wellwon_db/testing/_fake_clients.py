@@ -244,6 +244,17 @@ class FakeCachedQueries(CachedQueries):
         """The first scripted row, or ``None``."""
         return await self._fake.fetchrow(query, *args)
 
+    async def fetchval(
+        self,
+        query: str,
+        *args: Any,
+        column: int = 0,
+        timeout: float | None = None,
+        tables: Iterable[str] | None = None,
+    ) -> Any:
+        """The scripted value."""
+        return await self._fake.fetchval(query, *args, column=column)
+
     async def install_invalidation(self, *tables: str | Sequence[str]) -> None:
         """Records an ``install_invalidation`` call with the tables as its args."""
         self._fake.calls.append(FakeCall("install_invalidation", args=tuple(tables)))
