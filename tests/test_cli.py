@@ -76,6 +76,15 @@ def test_demo_routes_each_database_to_its_own_server() -> None:
         ("75.00", "the replica", replica_port[1]),
     ]
 
+    # The cache: a miss, then hits; after the update, the new value.
+    assert re.findall(r"^  GB customs (\S+) \(hits (\d+), misses (\d+)\)$", out, re.M) == [
+        ("GB-HMRC", "0", "1"),
+        ("GB-HMRC", "1", "1"),
+        ("GB-HMRC", "2", "1"),
+        ("GB-HMRC-2", "2", "2"),
+    ]
+    assert re.search(r"^  updated GB; the invalidation arrived after [\d.]+ ms$", out, re.M)
+
     assert out.splitlines()[-1] == "done: every pool closed, every server stopped and deleted."
 
 
