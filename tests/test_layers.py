@@ -19,6 +19,7 @@ LAYERS = {
     "errors": 0,
     "_version": 0,
     "config": 1,
+    "sql": 1,
     "telemetry": 2,
     "pool": 3,
     "resilience": 4,
