@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 
@@ -10,7 +9,7 @@ import pytest
 from dependency_injector import containers, providers
 from dependency_injector.wiring import Closing, Provide, inject
 
-from tests.helpers import MAIN_DB, REFERENCE_DB, Servers, count_connections
+from tests.helpers import MAIN_DB, REFERENCE_DB, Servers, count_connections, free_port
 from wellwon_db import (
     ConfigurationError,
     DatabaseContainer,
@@ -125,18 +124,11 @@ async def test_start_twice_is_harmless(app: AppContainer, db_env: Servers) -> No
         await stop_databases(app.db)
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_failed_start_leaves_no_pool_open(
     app: AppContainer, db_env: Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(
-        "POSTGRES_REFERENCE_DSN", f"postgresql://u:hunter2@127.0.0.1:{_closed_port()}/x"
+        "POSTGRES_REFERENCE_DSN", f"postgresql://u:hunter2@127.0.0.1:{free_port()}/x"
     )
     get_postgres_config.cache_clear()
     with pytest.raises(DatabaseUnavailableError) as caught:

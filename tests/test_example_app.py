@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.helpers import count_connections, wait_until
+from tests.helpers import count_connections, free_port, wait_until
 from wellwon_db import get_postgres_config
 from wellwon_db.testing import PostgresServer
 
@@ -62,18 +61,11 @@ def _environment(main: PostgresServer, reference: PostgresServer) -> dict[str, s
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Uvicorn:
     """``uvicorn examples.fastapi_app.app:app`` in a subprocess, its output in a file."""
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = cwd / "uvicorn.log"
         with self.log.open("wb") as log:

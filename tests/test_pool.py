@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import asyncpg
 import pytest
 
-from tests.helpers import SECRET, Servers, count_connections, pool_config, wait_until
+from tests.helpers import SECRET, Servers, count_connections, free_port, pool_config, wait_until
 from wellwon_db import (
     Database,
     DatabasePool,
@@ -74,15 +73,8 @@ async def test_acquire_timeout_names_database_size_and_waiters(db_env: Servers) 
         assert pool.get_stats()["waiting"] == 0
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_unreachable_server_raises_unavailable_without_secrets() -> None:
-    dsn = f"postgresql://app:{SECRET}@127.0.0.1:{_closed_port()}/x"
+    dsn = f"postgresql://app:{SECRET}@127.0.0.1:{free_port()}/x"
     pool = DatabasePool(Database.MAIN, dsn, pool_config(min_size=1, connect_timeout=2))
     with pytest.raises(DatabaseUnavailableError) as caught:
         await pool.open()

@@ -15,6 +15,7 @@ from wellwon_db import (
     DatabaseContainer,
     DatabaseUnavailableError,
     MainDB,
+    PoolTimeoutError,
     get_postgres_config,
     start_databases,
     stop_databases,
@@ -54,6 +55,31 @@ async def test_sql_errors_never_trip_the_breaker(main: MainDB) -> None:
     assert main.breaker.state is BreakerState.CLOSED
     assert main.breaker.snapshot()["failures"] == 0
     assert main.breaker.snapshot()["calls"] >= 90
+
+
+async def test_pool_timeouts_never_trip_the_breaker(
+    db_env: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool the application holds says nothing of the database: no failure, no open breaker."""
+    monkeypatch.setenv("PG_POOL_MIN_SIZE", "1")
+    monkeypatch.setenv("PG_POOL_MAX_SIZE", "1")
+    monkeypatch.setenv("PG_POOL_TIMEOUT_SEC", "0.05")
+    monkeypatch.setenv("PG_BREAKER_MIN_CALLS", "3")
+    get_postgres_config.cache_clear()
+    container = DatabaseContainer()
+    await start_databases(container)
+    try:
+        client: MainDB = container.main_db()
+        async with client.transaction():
+            for _ in range(12):
+                with pytest.raises(PoolTimeoutError):
+                    await client.fetchval("SELECT 1")
+        assert client.breaker.state is BreakerState.CLOSED
+        assert client.breaker.snapshot()["failures"] == 0
+        assert client.breaker.snapshot()["consecutive_failures"] == 0
+        assert await client.fetchval("SELECT 1") == 1
+    finally:
+        await stop_databases(container)
 
 
 async def test_open_breaker_refuses_without_touching_the_pool(main: MainDB) -> None:

@@ -8,6 +8,10 @@
 ``config [--json] [--env-file PATH]``
     the effective settings per database, secrets masked, each with where it
     came from (default, env, .env).
+``monitoring dashboard`` / ``monitoring alerts [--threshold NAME=VALUE]``
+    the Grafana dashboard JSON and the Prometheus alert rules (YAML).
+``cache install TABLE... [--database NAME] [--print-sql]``
+    the result cache's invalidation triggers.
 
 A missing or malformed setting exits with :data:`EXIT_CONFIG` (78) and a
 message naming the variable. argparse's own usage error is exit 2 too, the
@@ -30,6 +34,7 @@ import asyncpg
 from dependency_injector import providers
 
 from wellwon_db.cli._cache_command import add_cache_parser, run_cache_install
+from wellwon_db.cli._monitoring_command import add_monitoring_parser, run_monitoring
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.config._registry import DatabaseName, is_declared, spec_for
 from wellwon_db.config._report import ConfigReport, build_config_report
@@ -111,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_cache_parser(commands)
+    add_monitoring_parser(commands)
     for command in (health, config):
         command.add_argument("--json", action="store_true", help="print JSON instead of a table")
         command.add_argument(
@@ -133,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_health(_env_file(args.env_file), as_json=args.json))
         elif args.command == "config":
             return run_config(_env_file(args.env_file), as_json=args.json)
+        elif args.command == "monitoring":
+            return run_monitoring(args.monitoring_command, getattr(args, "threshold", []))
         elif args.command == "cache":
             return asyncio.run(
                 run_cache_install(

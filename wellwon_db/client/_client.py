@@ -197,8 +197,9 @@ class DatabaseClient(DeclaredClient):
         idempotent: bool = False,
     ) -> None:
         """Run ``query`` once per tuple in ``args``; all or nothing."""
+        sets = args if isinstance(args, list) else list(args)
         await run_guarded(
-            self._slot, executemany_call, query, args, timeout, idempotent, batch=True
+            self._slot, executemany_call, query, sets, timeout, idempotent, batch=len(sets)
         )
 
     def transaction(

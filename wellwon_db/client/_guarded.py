@@ -15,13 +15,14 @@ from typing import Any, TypeVar
 
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._write_tracking import record_position
-from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError
+from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
 from wellwon_db.pool._failures import is_availability_failure
 from wellwon_db.pool._failures import translate_error as _translate
 from wellwon_db.pool._pool import Connection
 from wellwon_db.pool._session import SessionEffect, session_effect, writes_data
 from wellwon_db.resilience._breaker import CircuitBreaker
 from wellwon_db.resilience._retry import is_retryable
+from wellwon_db.telemetry._telemetry import record_refused
 
 __all__ = ["StatementCall", "record_outcome", "run_guarded"]
 
@@ -33,8 +34,13 @@ _monotonic = time.monotonic
 
 
 def record_outcome(breaker: CircuitBreaker, exc: BaseException, started: float) -> None:
-    """Tell ``breaker`` how a call that raised ``exc`` ended."""
-    if isinstance(exc, asyncio.CancelledError | PoolClosedError):
+    """Tell ``breaker`` how a call that raised ``exc`` ended.
+
+    A pool timeout is no verdict on the database: the application holds
+    every connection (a slow database shows as slow calls and command
+    timeouts, an unreachable one as connect failures).
+    """
+    if isinstance(exc, asyncio.CancelledError | PoolClosedError | PoolTimeoutError):
         breaker.record_ignored()
     elif is_availability_failure(exc):
         breaker.record_failure(_monotonic() - started)
@@ -50,26 +56,32 @@ async def run_guarded(
     args: Any,
     timeout: float | None,
     idempotent: bool,
-    batch: bool = False,
+    batch: int | None = None,
     *,
     first: bool = True,
 ) -> _T:
     """Run one statement on ``slot``'s pool; retry only when it is safe (see ``_retry``).
 
-    Each attempt is one CLIENT span; ``batch`` marks ``executemany``. The
-    first attempt runs in this frame (no wrapper coroutine on the hot path);
-    after a retryable failure the policy runs the next ones (``first=False``).
+    Each attempt is one CLIENT span; ``batch`` is the number of parameter
+    sets of an ``executemany``. A call refused before reaching the database
+    (pool not open, breaker open) is counted as refused, not as an
+    operation. The first attempt runs in this frame (no wrapper coroutine on
+    the hot path); after a retryable failure the policy runs the next ones
+    (``first=False``).
     """
-    pool = slot.get()
+    pool = slot.pool
+    if pool is None:
+        record_refused(str(slot.database), "pool_closed")
+        raise slot.no_pool_error()
     telemetry = pool.telemetry
-    span = telemetry.start(query, batch=batch)
-    started = _monotonic()
     breaker = slot.breaker
     try:
         breaker.allow()
-    except BaseException as exc:
-        telemetry.finish(span, query, started, exc, batch=batch)
+    except BaseException:
+        telemetry.refused("breaker_open")
         raise
+    span = telemetry.start(query, parameterized=bool(args), batch=batch)
+    started = _monotonic()
     try:
         connection = pool.take_idle() or await pool.acquire_slow(started)
     except BaseException as exc:
@@ -79,15 +91,16 @@ async def run_guarded(
             return await _retry(slot, call, query, args, timeout, idempotent, batch, exc, started)
         raise
     effect = SessionEffect.NONE
+    sent = _monotonic()
     try:
         if span is not None:
-            telemetry.waited(span, _monotonic() - started)
+            telemetry.waited(span, sent - started)
         effect = session_effect(query)
         result = await call(connection, query, args, timeout)
     except BaseException as exc:
         error = _translate(exc, pool.database, "running a query")
         record_outcome(breaker, error, started)
-        telemetry.finish(span, query, started, error, batch=batch)
+        telemetry.finish(span, query, started, error, sent=sent, batch=batch)
         if isinstance(exc, asyncio.CancelledError):
             # The statement may still be in flight: don't make a cancelled caller wait.
             pool.release_soon(connection, effect)
@@ -107,7 +120,7 @@ async def run_guarded(
     # The outcome is recorded before the release, so a caller cancelled while
     # the connection goes back still frees its half-open probe.
     breaker.record_success(_monotonic() - started)
-    telemetry.finish(span, query, started, batch=batch)
+    telemetry.finish(span, query, started, sent=sent, batch=batch)
     if slot.track_writes and writes_data(query):
         try:
             await record_position(slot, connection)
@@ -136,7 +149,7 @@ async def _retry(
     args: Any,
     timeout: float | None,
     idempotent: bool,
-    batch: bool,
+    batch: int | None,
     error: BaseException,
     started: float,
 ) -> _T:

@@ -112,6 +112,7 @@ class TransactionScope:
         query: str,
         args: Any,
         timeout: float | None,
+        batch: int | None = None,
     ) -> _T:
         connection = self._live()
         effect = session_effect(query)
@@ -121,21 +122,25 @@ class TransactionScope:
         if not owner.wrote and owner.tracks_writes and writes_data(query):
             owner.wrote = True
         telemetry = self._telemetry
-        span = telemetry.start(query) if telemetry is not None else None
+        span = (
+            telemetry.start(query, parameterized=bool(args), batch=batch)
+            if telemetry is not None
+            else None
+        )
         started = time.monotonic()
         try:
             result = await call(connection, query, args, timeout)
         except BaseException as exc:
             error = translate_error(exc, self._database, "running a query in a transaction")
             if telemetry is not None:
-                telemetry.finish(span, query, started, error)
+                telemetry.finish(span, query, started, error, sent=started, batch=batch)
             if isinstance(error, DatabaseUnavailableError):
                 self._owner.effect = SessionEffect.BROKEN
             if error is exc:
                 raise
             raise error from exc
         if telemetry is not None:
-            telemetry.finish(span, query, started)
+            telemetry.finish(span, query, started, sent=started, batch=batch)
         return result
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Record]:
@@ -164,7 +169,8 @@ class TransactionScope:
         self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
     ) -> None:
         """Run ``query`` once per tuple in ``args``."""
-        await self._run(executemany_call, query, args, timeout)
+        sets = args if isinstance(args, list) else list(args)
+        await self._run(executemany_call, query, sets, timeout, batch=len(sets))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TransactionScope]:

@@ -63,8 +63,9 @@ def translate_error(
 def is_availability_failure(exc: BaseException) -> bool:
     """Whether ``exc`` says the database (not the SQL) failed: what a breaker counts.
 
-    Unavailable and pool-timeout errors, command timeouts, and untranslated
-    connection-level errors count; errors of the SQL and cancellation do not.
+    Unavailable errors, timeouts, and untranslated connection-level errors
+    count; errors of the SQL and cancellation do not. (The client does not
+    report a pool timeout to the breaker at all: see ``record_outcome``.)
     """
     if isinstance(exc, DatabaseUnavailableError | TimeoutError):
         return not isinstance(exc, CircuitOpenError)

@@ -156,6 +156,7 @@ class PoolLeases:
     _max_lifetime: float
     _max_uses: int
     _pressure_leases: float
+    _pressure_timer: asyncio.TimerHandle | None
     _lease_metrics: bool
     _waiting: int
     _stats: dict[str, int]
@@ -300,6 +301,7 @@ class PoolLeases:
         if self._expiry is None:
             self._arm_expiry(loop)
         self._waiting += 1
+        self._watch_pressure(_monotonic())
         try:
             handed = await turn
         except _TurnTimeout:
@@ -323,6 +325,7 @@ class PoolLeases:
             raise
         finally:
             self._waiting -= 1
+            self._watch_pressure(_monotonic())
         if handed is None:
             return await self._open_in_slot()
         return handed
@@ -530,9 +533,14 @@ class PoolLeases:
                     logger.info("the %s pool is no longer under pressure", self._database)
                 self._pressure_since = None
                 self._pressure_warned = False
+                if self._pressure_timer is not None:
+                    self._pressure_timer.cancel()
+                    self._pressure_timer = None
             return
         if self._pressure_since is None:
             self._pressure_since = now
+            # A stuck pool has no lease events: a timer ends the episode's wait.
+            self._arm_pressure_timer(config.exhaustion_warn)
         elif not self._pressure_warned and now - self._pressure_since >= config.exhaustion_warn:
             self._pressure_warned = True
             self.telemetry.pool_exhausted()
@@ -552,6 +560,26 @@ class PoolLeases:
                     "waiting": self._waiting,
                 },
             )
+
+    def _arm_pressure_timer(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover (leases happen on a loop)
+            return
+        if self._pressure_timer is not None:
+            self._pressure_timer.cancel()
+        self._pressure_timer = loop.call_later(delay, self._pressure_timer_fired)
+
+    def _pressure_timer_fired(self) -> None:
+        self._pressure_timer = None
+        since = self._pressure_since
+        if since is None or self._pressure_warned:
+            return
+        remaining = since + self._config.exhaustion_warn - _monotonic()
+        if remaining > 0:  # the loop may run a timer up to its clock resolution early
+            self._arm_pressure_timer(remaining)
+        else:
+            self._watch_pressure(_monotonic())
 
     # -- release -------------------------------------------------------------
 

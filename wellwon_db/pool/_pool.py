@@ -114,6 +114,7 @@ class DatabasePool(PoolLeases):
         self._waiters: collections.deque[tuple[float, Turn]] = collections.deque()
         self._pressure_since: float | None = None
         self._pressure_warned = False
+        self._pressure_timer: asyncio.TimerHandle | None = None
         self._always_reset = config.reset == "always"
         self._max_lifetime = config.max_lifetime
         self._max_uses = config.max_queries
@@ -462,6 +463,9 @@ class DatabasePool(PoolLeases):
             for task in self._releasing:  # the pool is gone: nothing left for them to do
                 task.cancel()
             self._terminate_all()
+            if self._pressure_timer is not None:
+                self._pressure_timer.cancel()
+                self._pressure_timer = None
             self._state = PoolState.CLOSED
             if not self._closed.done():
                 self._closed.set_result(None)

@@ -1,50 +1,85 @@
-"""Traces, metrics and the slow-query log, through the OpenTelemetry API only.
+"""Spans, the operation-duration metric and the slow-query log of one database's calls.
 
-Spans follow the stable database semantic conventions: one CLIENT span per
-operation named ``"{db.operation.name} {db.namespace}"`` with
-``db.system.name``, ``db.namespace``, ``db.operation.name``,
-``db.query.text`` (literals replaced by ``?``; parameter values are never
-recorded), ``server.address``/``server.port``, ``db.response.status_code``
-and ``error.type`` on failure, and ``wellwon.db.database`` (main,
-reference). ``OTEL_SEMCONV_STABILITY_OPT_IN=database/dup`` adds the
-pre-1.25 names (``db.system``, ``db.name``, ``db.statement``,
-``db.operation``, ``net.peer.*``) for backends that still expect them.
+Following the OpenTelemetry database conventions (``_catalog.SEMCONV_VERSION``):
 
-Metrics: ``db.client.operation.duration``, the ``db.client.connection.*``
-family (read from each pool's ``get_stats()`` through observable
-instruments), breaker state and transitions, retries and pool-exhaustion
-episodes.
+* one CLIENT span per operation as the caller sees it (retries included),
+  named ``{db.query.summary}`` (``SELECT dc_customs``), else the target
+  (``db.namespace``, else ``server.address:server.port``), else ``postgresql``;
+* ``db.query.summary`` from PostgreSQL's parse tree; ``db.operation.name``
+  only where it is known without reading the text (``BEGIN``, ``COMMIT``,
+  ``ROLLBACK``, which the client sends itself); ``db.query.text`` as given
+  when the query is parameterised, else with every literal replaced by ``?``
+  (parameter values are never recorded);
+* ``error.type``: the SQLSTATE for PostgreSQL's errors (also in
+  ``db.response.status_code``), ``timeout`` for a command timeout, else the
+  fully qualified class of the original exception (the one our own errors
+  wrap);
+* ``executemany`` with two or more parameter sets is a batch
+  (``db.operation.batch.size``, summary ``BATCH ...``); with one it is a
+  single operation;
+* a call refused without reaching the database (breaker open, pool closed)
+  is no operation: counted in ``wellwon.db.client.refused`` and noted as an
+  event on the current span, never as a 0 s duration.
 
-With no SDK installed, a call costs a tracer-provider check and a no-op
-histogram record: see ``docs/performance.md``.
+``OTEL_SEMCONV_STABILITY_OPT_IN=database/dup`` adds the pre-1.25 names
+(``db.system``, ``db.name``, ``db.statement``, ``db.operation``,
+``net.peer.*``). With no SDK installed a call costs a tracer-provider check
+and a no-op histogram record: see docs/performance.md.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import re
 import time
-import weakref
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry import trace
 from opentelemetry.trace import ProxyTracerProvider, Span, SpanKind, Status, StatusCode
 
-from wellwon_db._version import __version__
+from wellwon_db.sql._sanitize import sanitize
+from wellwon_db.sql._summary import query_summary
+from wellwon_db.telemetry._instruments import (
+    ObservedBreaker,
+    ObservedCache,
+    ObservedPool,
+    ObservedReplicaSet,
+    ObservedTransition,
+    create_time,
+    exhausted,
+    operation_duration,
+    record_breaker_transition,
+    record_invalidation_lag,
+    record_refused,
+    record_retry,
+    record_route,
+    record_slow_query,
+    register_breaker,
+    register_cache,
+    register_pool,
+    register_replica_set,
+    tracer,
+    unregister_breaker,
+    unregister_cache,
+    unregister_pool,
+    unregister_replica_set,
+    use_time,
+    wait_time,
+)
 
 __all__ = [
     "ObservedBreaker",
+    "ObservedCache",
     "ObservedPool",
+    "ObservedReplicaSet",
+    "ObservedTransition",
     "PoolTelemetry",
-    "describe_query",
+    "error_attributes",
     "record_breaker_transition",
     "record_invalidation_lag",
+    "record_refused",
     "record_retry",
     "record_route",
     "register_breaker",
@@ -57,89 +92,7 @@ __all__ = [
     "unregister_replica_set",
 ]
 
-
-class ObservedPool(Protocol):
-    """What the observable instruments read of a pool (telemetry sits below the pool)."""
-
-    @property
-    def telemetry(self) -> PoolTelemetry: ...
-
-    def get_stats(self) -> Any: ...
-
-
-class _State(Protocol):
-    @property
-    def value(self) -> str: ...
-
-
-class ObservedBreaker(Protocol):
-    """What the breaker-state gauge reads of a circuit breaker."""
-
-    @property
-    def database(self) -> str: ...
-
-    @property
-    def state(self) -> _State: ...
-
-
-class ObservedTransition(Protocol):
-    """What the transitions counter reads of one breaker state change."""
-
-    @property
-    def database(self) -> str: ...
-
-    @property
-    def old(self) -> _State: ...
-
-    @property
-    def new(self) -> _State: ...
-
-
 slow_logger = logging.getLogger("wellwon_db.slow")
-
-_tracer = trace.get_tracer("wellwon_db", __version__)
-_meter = metrics.get_meter("wellwon_db", __version__)
-
-_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-_operation_duration = _meter.create_histogram(
-    "db.client.operation.duration",
-    unit="s",
-    description="Duration of database client operations.",
-    explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-)
-_create_time = _meter.create_histogram(
-    "db.client.connection.create_time",
-    unit="s",
-    description="The time it took to create a new connection.",
-    explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-)
-_wait_time = _meter.create_histogram(
-    "db.client.connection.wait_time",
-    unit="s",
-    description="The time it took to obtain an open connection from the pool.",
-    explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-)
-_use_time = _meter.create_histogram(
-    "db.client.connection.use_time",
-    unit="s",
-    description="The time between borrowing a connection and returning it to the pool.",
-    explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-)
-_breaker_transitions = _meter.create_counter(
-    "wellwon.db.breaker.transitions",
-    unit="{transition}",
-    description="Circuit-breaker state changes, by old and new state.",
-)
-_retries = _meter.create_counter(
-    "wellwon.db.client.retries",
-    unit="{retry}",
-    description="Attempts made again after a retryable failure.",
-)
-_exhaustion = _meter.create_counter(
-    "wellwon.db.client.connection.pool.exhausted",
-    unit="{episode}",
-    description="Episodes of sustained pool pressure (one per episode, when it is warned of).",
-)
 
 
 def _tracing_off() -> bool:
@@ -172,48 +125,47 @@ def _fast_tracing_check() -> bool:
 #: The per-call check; replaces itself with the right one at its first call.
 _tracing_off_fast = _fast_tracing_check
 
-#: Pools alive in this process, read by the observable instruments.
-_pools: weakref.WeakSet[ObservedPool] = weakref.WeakSet()
-#: Breakers alive in this process, read by the breaker-state gauge.
-_breakers: weakref.WeakSet[ObservedBreaker] = weakref.WeakSet()
-
-_LITERALS = re.compile(
-    r"'(?:[^']|'')*'"  # string literals
-    r"|\$(?P<tag>[A-Za-z_]*)\$.*?\$(?P=tag)\$"  # dollar-quoted strings
-    r"|(?<![\w$.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b",  # numbers, not $1 or t1
-    re.DOTALL,
-)
-_FIRST_WORD = re.compile(r"(?:\s|--[^\n]*(?:\n|$)|/\*.*?\*/)*([A-Za-z]+)", re.DOTALL)
-
-
-@functools.lru_cache(maxsize=4096)
-def describe_query(query: str) -> tuple[str, str]:
-    """``(operation name, text with literals replaced by ?)`` of ``query``. Cached."""
-    match = _FIRST_WORD.match(query)
-    operation = match.group(1).upper() if match else "QUERY"
-    return operation, _LITERALS.sub("?", query)
-
 
 def _semconv_dup() -> bool:
     values = {v.strip() for v in os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")}
     return "database/dup" in values
 
 
-def _error_type(exc: BaseException) -> tuple[str, str | None]:
-    """``(error.type, db.response.status_code)`` for ``exc``."""
-    if isinstance(exc, asyncpg.PostgresError):
-        code: str | None = exc.sqlstate
-        return code or type(exc).__qualname__, code
-    if isinstance(exc, TimeoutError) and type(exc) is TimeoutError:
+def error_attributes(exc: BaseException) -> tuple[str, str | None]:
+    """``(error.type, db.response.status_code)`` for ``exc``.
+
+    The original cause counts: a ``DatabaseUnavailableError`` raised from
+    asyncpg's ``AdminShutdownError`` is ``57P01``; from a refused TCP
+    connect, ``builtins.ConnectionRefusedError``.
+    """
+    original = exc
+    seen = 0
+    while (
+        type(original).__module__.startswith("wellwon_db")
+        and original.__cause__ is not None
+        and seen < 8
+    ):
+        original, seen = original.__cause__, seen + 1
+    if isinstance(original, asyncpg.PostgresError):
+        code: str | None = original.sqlstate
+        if code:
+            return code, code
+    if type(original) is TimeoutError:
         return "timeout", None
-    return f"{type(exc).__module__}.{type(exc).__qualname__}", None
+    return f"{type(original).__module__}.{type(original).__qualname__}", None
+
+
+def _batch_summary(summary: str, batch: int | None) -> str:
+    if batch is None or batch == 1:
+        return summary
+    return f"BATCH {summary}" if summary else "BATCH"
 
 
 class PoolTelemetry:
     """Instrumentation of one database's pool and calls.
 
-    Attribute sets are built once; a call with tracing off allocates nothing
-    here but the duration measurement.
+    Attribute sets are built once per summary and outcome; with tracing off
+    a call allocates nothing here but the duration measurement.
     """
 
     __slots__ = (
@@ -221,6 +173,7 @@ class PoolTelemetry:
         "_op_attributes",
         "_pool_attributes",
         "_span_attributes",
+        "_target",
         "database",
         "namespace",
         "slow_query",
@@ -237,7 +190,7 @@ class PoolTelemetry:
         slow_query: float = 1.0,
     ) -> None:
         self.database = database
-        self.namespace = namespace or database
+        self.namespace = namespace
         self.slow_query = slow_query
         self._dup = _semconv_dup()
         base: dict[str, Any] = {"db.system.name": "postgresql", "wellwon.db.database": database}
@@ -248,7 +201,9 @@ class PoolTelemetry:
         if port:
             base["server.port"] = port
         self._span_attributes = base
-        self._op_attributes: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}
+        # The span name's target: never the library's own name for the database.
+        self._target = namespace or (f"{host}:{port}" if host and port else host or "postgresql")
+        self._op_attributes: dict[tuple[str, str | None, str | None, str | None], Any] = {}
         self._pool_attributes = {
             "db.client.connection.pool.name": pool_name,
             "wellwon.db.database": database,
@@ -261,29 +216,47 @@ class PoolTelemetry:
 
     # -- operations ----------------------------------------------------------
 
-    def start(self, query: str, *, batch: bool = False) -> Span | None:
-        """A CLIENT span for one operation, or ``None`` when no tracer provider is set."""
+    def start(
+        self,
+        query: str,
+        *,
+        parameterized: bool = True,
+        batch: int | None = None,
+        operation: str | None = None,
+    ) -> Span | None:
+        """A CLIENT span for one operation, or ``None`` when no tracer provider is set.
+
+        ``parameterized``: the query was sent with arguments (its text is
+        recorded as it is). ``batch``: the number of parameter sets of an
+        ``executemany``. ``operation``: the operation name when the client
+        knows it without the text (``COMMIT``).
+        """
         if _tracing_off_fast():
             return None
-        operation, text = describe_query(query)
-        if batch:
-            operation = f"BATCH {operation}"
+        summary = _batch_summary(operation or query_summary(query), batch)
         attributes = dict(self._span_attributes)
-        attributes["db.operation.name"] = operation
-        attributes["db.query.text"] = text
+        if summary:
+            attributes["db.query.summary"] = summary
+        if operation is not None:
+            attributes["db.operation.name"] = operation
+        text = query if parameterized else sanitize(query)
+        if text:
+            attributes["db.query.text"] = text
+        if batch is not None and batch != 1:
+            attributes["db.operation.batch.size"] = batch
         if self._dup:
             attributes.update(
                 {
                     "db.system": "postgresql",
-                    "db.operation": operation,
+                    "db.operation": summary.split(" ", 1)[0] if summary else None,
                     "db.statement": text,
                     "db.name": self.namespace,
                     "net.peer.name": attributes.get("server.address"),
                     "net.peer.port": attributes.get("server.port"),
                 }
             )
-        return _tracer.start_span(
-            f"{operation} {self.namespace}",
+        return tracer.start_span(
+            summary or self._target,
             kind=SpanKind.CLIENT,
             attributes={k: v for k, v in attributes.items() if v is not None},
         )
@@ -292,8 +265,7 @@ class PoolTelemetry:
         """Mark on ``span`` that a pooled connection was obtained after ``seconds``."""
         if span is not None:
             span.add_event(
-                "wellwon.db.connection.acquired",
-                {"db.client.connection.wait_time": seconds},
+                "wellwon.db.connection.acquired", {"wellwon.db.connection.wait_time": seconds}
             )
 
     def finish(
@@ -303,28 +275,37 @@ class PoolTelemetry:
         started: float,
         error: BaseException | None = None,
         *,
-        batch: bool = False,
+        sent: float | None = None,
+        batch: int | None = None,
+        operation: str | None = None,
     ) -> None:
-        """Record the duration, end ``span``, and log the statement if it was slow."""
-        duration = time.monotonic() - started
-        operation = describe_query(query)[0]
-        if batch:
-            operation = f"BATCH {operation}"
+        """Record the duration since ``started`` (pool wait included), end ``span``.
+
+        ``sent`` is when the statement went to the server, after any wait for
+        a connection; the slow-query log measures from it, so a pool wait is
+        never reported as a slow query. ``None``: no statement was sent.
+        """
+        now = time.monotonic()
+        duration = now - started
+        summary = _batch_summary(operation or query_summary(query), batch)
         error_type = status_code = None
         if error is not None:
-            error_type, status_code = _error_type(error)
-        key = (operation, error_type, status_code)
+            error_type, status_code = error_attributes(error)
+        key = (summary, operation, error_type, status_code)
         attributes = self._op_attributes.get(key)
         if attributes is None:
             attributes = dict(self._span_attributes)
-            attributes["db.operation.name"] = operation
+            if summary:
+                attributes["db.query.summary"] = summary
+            if operation is not None:
+                attributes["db.operation.name"] = operation
             if error_type is not None:
                 attributes["error.type"] = error_type
             if status_code is not None:
                 attributes["db.response.status_code"] = status_code
             if len(self._op_attributes) < 1024:
                 self._op_attributes[key] = attributes
-        _operation_duration.record(duration, attributes)
+        operation_duration.record(duration, attributes)
         if span is not None:
             if error is not None:
                 span.set_attribute("error.type", error_type or "")
@@ -332,20 +313,35 @@ class PoolTelemetry:
                     span.set_attribute("db.response.status_code", status_code)
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             span.end()
-        if self.slow_query and duration >= self.slow_query:
-            _, text = describe_query(query)
-            slow_logger.warning(
-                "slow %s on the %s database: %.1f ms: %s",
-                operation,
-                self.database,
-                duration * 1000,
-                text,
-                extra={
-                    "database": self.database,
-                    "duration_ms": round(duration * 1000, 3),
-                    "operation": operation,
-                    "query": text,
-                },
+        if sent is not None and self.slow_query and now - sent >= self.slow_query:
+            self._log_slow(query, summary, now - sent)
+
+    def _log_slow(self, query: str, summary: str, duration: float) -> None:
+        text = sanitize(query) or ""
+        record_slow_query(self.database, summary)
+        slow_logger.warning(
+            "slow %s on the %s database: %.1f ms: %s",
+            summary or "operation",
+            self.database,
+            duration * 1000,
+            text,
+            extra={
+                "database": self.database,
+                "duration_ms": round(duration * 1000, 3),
+                "operation": summary.split(" ", 1)[0] if summary else "",
+                "summary": summary,
+                "query": text,
+            },
+        )
+
+    def refused(self, reason: str) -> None:
+        """A call was refused without reaching the database: not an operation."""
+        record_refused(self.database, reason)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(
+                "wellwon.db.refused",
+                {"wellwon.db.database": self.database, "wellwon.db.refused.reason": reason},
             )
 
     # -- transactions ----------------------------------------------------------
@@ -354,8 +350,8 @@ class PoolTelemetry:
         """An INTERNAL span grouping a transaction's statements, made current."""
         if _tracing_off_fast():
             return None
-        span = _tracer.start_span(
-            f"TRANSACTION {self.namespace}",
+        span = tracer.start_span(
+            f"TRANSACTION {self._target}",
             kind=SpanKind.INTERNAL,
             attributes=dict(self._span_attributes),
         )
@@ -371,7 +367,7 @@ class PoolTelemetry:
         span, token = handle
         span.set_attribute("wellwon.db.transaction.outcome", outcome)
         if error is not None:
-            error_type, _ = _error_type(error)
+            error_type, _ = error_attributes(error)
             span.set_attribute("error.type", error_type)
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         span.end()
@@ -381,285 +377,16 @@ class PoolTelemetry:
 
     def connection_created(self, seconds: float) -> None:
         """A new connection took ``seconds`` to open."""
-        _create_time.record(seconds, self._pool_attributes)
+        create_time.record(seconds, self._pool_attributes)
 
     def connection_acquired(self, seconds: float) -> None:
         """A caller waited ``seconds`` for a pooled connection."""
-        _wait_time.record(seconds, self._pool_attributes)
+        wait_time.record(seconds, self._pool_attributes)
 
     def connection_released(self, seconds: float) -> None:
         """A connection was borrowed for ``seconds``."""
-        _use_time.record(seconds, self._pool_attributes)
+        use_time.record(seconds, self._pool_attributes)
 
     def pool_exhausted(self) -> None:
         """One episode of sustained pool pressure began (already warned of)."""
-        _exhaustion.add(1, self._pool_attributes)
-
-
-def register_pool(pool: ObservedPool) -> None:
-    """Make ``pool``'s stats visible to the observable instruments."""
-    _pools.add(pool)
-
-
-def unregister_pool(pool: ObservedPool) -> None:
-    """Stop observing ``pool``."""
-    _pools.discard(pool)
-
-
-def record_retry(database: str) -> None:
-    """One more attempt is about to be made on ``database``."""
-    _retries.add(1, {"wellwon.db.database": database})
-
-
-def register_breaker(breaker: ObservedBreaker) -> None:
-    """Make ``breaker``'s state visible to the breaker-state gauge (while its pool is open)."""
-    _breakers.add(breaker)
-
-
-def unregister_breaker(breaker: ObservedBreaker) -> None:
-    """Stop observing ``breaker``."""
-    _breakers.discard(breaker)
-
-
-def record_breaker_transition(transition: ObservedTransition) -> None:
-    """Breaker listener: count the state change."""
-    _breaker_transitions.add(
-        1,
-        {
-            "wellwon.db.database": transition.database,
-            "wellwon.db.breaker.from": transition.old.value,
-            "wellwon.db.breaker.to": transition.new.value,
-        },
-    )
-
-
-# -- observable instruments: one stats source, get_stats() -------------------
-
-
-def _stats() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    for pool in list(_pools):
-        yield pool.telemetry.pool_attributes, pool.get_stats()
-
-
-def _connection_count(options: CallbackOptions) -> Iterable[Observation]:
-    for attributes, stats in _stats():
-        yield Observation(stats["idle"], {**attributes, "db.client.connection.state": "idle"})
-        yield Observation(stats["in_use"], {**attributes, "db.client.connection.state": "used"})
-
-
-def _stat(key: str) -> Any:
-    def callback(options: CallbackOptions) -> Iterable[Observation]:
-        for attributes, stats in _stats():
-            yield Observation(stats[key], attributes)
-
-    return callback
-
-
-_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
-
-
-def _breaker_state(options: CallbackOptions) -> Iterable[Observation]:
-    for breaker in list(_breakers):
-        state = breaker.state.value
-        for candidate in _STATES:
-            attributes = {
-                "wellwon.db.database": breaker.database,
-                "wellwon.db.breaker.state": candidate,
-            }
-            yield Observation(1 if candidate == state else 0, attributes)
-
-
-_meter.create_observable_up_down_counter(
-    "db.client.connection.count",
-    callbacks=[_connection_count],
-    unit="{connection}",
-    description="The number of connections that are currently in the state described by state.",
-)
-_meter.create_observable_up_down_counter(
-    "db.client.connection.max",
-    callbacks=[_stat("max_size")],
-    unit="{connection}",
-    description="The maximum number of open connections allowed.",
-)
-_meter.create_observable_up_down_counter(
-    "db.client.connection.idle.max",
-    callbacks=[_stat("max_size")],
-    unit="{connection}",
-    description="The maximum number of idle open connections allowed.",
-)
-_meter.create_observable_up_down_counter(
-    "db.client.connection.idle.min",
-    callbacks=[_stat("min_size")],
-    unit="{connection}",
-    description="The minimum number of idle open connections allowed.",
-)
-_meter.create_observable_up_down_counter(
-    "db.client.connection.pending_requests",
-    callbacks=[_stat("waiting")],
-    unit="{request}",
-    description="The number of current pending requests for an open connection.",
-)
-_meter.create_observable_counter(
-    "db.client.connection.timeouts",
-    callbacks=[_stat("timeouts")],
-    unit="{timeout}",
-    description="The number of connection timeouts that have occurred trying to obtain a "
-    "connection from the pool.",
-)
-_meter.create_observable_gauge(
-    "wellwon.db.breaker.state",
-    callbacks=[_breaker_state],
-    unit="1",
-    description="1 for the breaker's current state, 0 for the others.",
-)
-
-
-# -- read replicas ---------------------------------------------------------------
-
-
-class ObservedReplica(Protocol):
-    """What the lag gauges read of one replica."""
-
-    @property
-    def address(self) -> str: ...
-
-    @property
-    def state(self) -> str: ...
-
-    @property
-    def lag_sec(self) -> float | None: ...
-
-    @property
-    def lag_bytes(self) -> int | None: ...
-
-
-class ObservedReplicaSet(Protocol):
-    """What the lag gauges read of a replica database."""
-
-    @property
-    def database(self) -> str: ...
-
-    @property
-    def endpoints(self) -> list[Any]: ...
-
-
-_replica_sets: weakref.WeakSet[Any] = weakref.WeakSet()
-_routes = _meter.create_counter(
-    "wellwon.db.replica.reads",
-    unit="{read}",
-    description="Reads of a replica database, by the server that answered (replica or "
-    "primary) and why.",
-)
-_route_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
-
-
-def record_route(database: str, target: str, reason: str) -> None:
-    """One read of replica database ``database`` went to ``target`` for ``reason``."""
-    key = (database, target, reason)
-    attributes = _route_attributes.get(key)
-    if attributes is None:
-        attributes = {
-            "wellwon.db.database": str(database),
-            "wellwon.db.replica.target": target,
-            "wellwon.db.replica.reason": reason,
-        }
-        _route_attributes[key] = attributes
-    _routes.add(1, attributes)
-
-
-def register_replica_set(replicas: ObservedReplicaSet) -> None:
-    """Make ``replicas``' lag visible to the lag gauges (while it is open)."""
-    _replica_sets.add(replicas)
-
-
-def unregister_replica_set(replicas: ObservedReplicaSet) -> None:
-    """Stop observing ``replicas``."""
-    _replica_sets.discard(replicas)
-
-
-def _replica_observations(attribute: str) -> Any:
-    def callback(options: CallbackOptions) -> Iterable[Observation]:
-        for replicas in list(_replica_sets):
-            for endpoint in list(replicas.endpoints):
-                value = getattr(endpoint, attribute)
-                if value is not None:
-                    yield Observation(
-                        value,
-                        {
-                            "wellwon.db.database": str(replicas.database),
-                            "server.address": endpoint.address,
-                            "wellwon.db.replica.state": endpoint.state,
-                        },
-                    )
-
-    return callback
-
-
-_meter.create_observable_gauge(
-    "wellwon.db.replica.lag",
-    callbacks=[_replica_observations("lag_sec")],
-    unit="s",
-    description="How far each replica is behind its primary, from WAL positions.",
-)
-_meter.create_observable_gauge(
-    "wellwon.db.replica.lag_bytes",
-    callbacks=[_replica_observations("lag_bytes")],
-    unit="By",
-    description="WAL bytes the primary has written that each replica has not replayed.",
-)
-
-
-# -- result cache ----------------------------------------------------------------
-
-_invalidation_lag = _meter.create_histogram(
-    "wellwon.db.cache.invalidation.lag",
-    unit="s",
-    description="Time from a table change's commit to this process dropping its cached results.",
-    explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
-)
-
-
-class ObservedCache(Protocol):
-    """What the cache counters read of a database's result cache."""
-
-    @property
-    def database(self) -> str: ...
-
-    def events(self) -> dict[str, int]: ...
-
-
-_caches: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def register_cache(cache: ObservedCache) -> None:
-    """Count ``cache``'s events (while it runs)."""
-    _caches.add(cache)
-
-
-def unregister_cache(cache: ObservedCache) -> None:
-    """Stop counting ``cache``'s events."""
-    _caches.discard(cache)
-
-
-def _cache_events(options: CallbackOptions) -> Iterable[Observation]:
-    for cache in list(_caches):
-        for event, count in cache.events().items():
-            yield Observation(
-                count,
-                {"wellwon.db.database": str(cache.database), "wellwon.db.cache.event": event},
-            )
-
-
-_meter.create_observable_counter(
-    "wellwon.db.cache.events",
-    callbacks=[_cache_events],
-    unit="{event}",
-    description="Result-cache events since the cache started, by kind: hits, misses, stores, "
-    "bypasses (listener not listening), stale_served (during an outage), evictions, "
-    "invalidations.",
-)
-
-
-def record_invalidation_lag(database: str, seconds: float) -> None:
-    """A change notification reached this process ``seconds`` after its commit."""
-    _invalidation_lag.record(seconds, {"wellwon.db.database": str(database)})
+        exhausted.add(1, self._pool_attributes)
