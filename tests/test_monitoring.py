@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import Servers, free_port, run_cli
-from wellwon_db.cli._alert_rules import AlertThresholds
+from wellwon_db.cli._alert_rules import AlertThresholds, rules
 from wellwon_db.cli._dashboard import dashboard
 from wellwon_db.cli._monitoring_command import parse_thresholds, referenced_series
 from wellwon_db.errors import ConfigurationError
@@ -105,6 +105,16 @@ def test_a_wrong_threshold_names_what_to_write(tmp_path: Path) -> None:
     result = run_cli("monitoring", "alerts", "--threshold", "nope", cwd=tmp_path)
     assert result.returncode == 78
     assert "--threshold 'nope'" in result.stderr
+
+
+def test_every_runbook_link_has_its_section() -> None:
+    text = (ROOT / "docs" / "monitoring.md").read_text()
+    for alert in rules()["groups"][0]["rules"]:
+        page, anchor = alert["annotations"]["runbook"].split("#")
+        assert page == "docs/monitoring.md"
+        assert (
+            f'<a id="{anchor}"></a>\n### {alert["alert"]} ({alert["labels"]["severity"]})' in text
+        )
 
 
 def test_the_dashboard_has_a_variable_per_database_and_instance(tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ async def test_summaries_name_spans_and_literals_are_sanitised(
     await main.execute("INSERT INTO orders SELECT 1, 'secret note' WHERE 2 > 1")
     await main.fetch("WITH x AS (SELECT * FROM orders) SELECT * FROM x WHERE id = $1", 1)
     names = [s.name for s in _exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
-    assert names == ["INSERT orders SELECT", "SELECT x SELECT orders"]
+    assert names == ["INSERT orders SELECT", "SELECT orders SELECT x"]
     (insert,) = _spans("INSERT")
     assert dict(insert.attributes or {})["db.query.text"] == (
         "INSERT INTO orders SELECT ?, ? WHERE ? > ?"
@@ -122,7 +122,7 @@ async def test_summaries_name_spans_and_literals_are_sanitised(
         for p in _metrics()["db.client.operation.duration"]
         if p.attributes["wellwon.db.database"] == "main"
     }
-    assert {"CREATE orders", "INSERT orders SELECT", "SELECT x SELECT orders"} <= summaries
+    assert {"CREATE orders", "INSERT orders SELECT", "SELECT orders SELECT x"} <= summaries
 
 
 async def test_failed_query_records_sqlstate(dbs: tuple[MainDB, ReferenceDB]) -> None:

@@ -5,8 +5,11 @@ targets in the order the query gives them, ``{operation} {target} ...``
 (``SELECT dc_customs``, ``INSERT shipping_details SELECT orders``,
 ``SELECT SELECT orders customers`` for a subquery in ``FROM``), at most 255
 characters, never cut inside a name. No literal, parameter or other dynamic
-part ever appears. Text the parser cannot read is summarised by its first
-word alone.
+part ever appears. Targets are written as the query writes them
+(``"Orders"``, ``Public.accounts``); operations in upper case, as the parse
+tree names them (a tree does not keep the keywords' spelling). A ``WITH``
+query lists its common table expressions first, as written. Text the
+parser cannot read has no summary: nothing is guessed from it.
 """
 
 from __future__ import annotations
@@ -60,42 +63,56 @@ def query_summary(query: str) -> str:
     try:
         tree = json.loads(parse_sql_json(query))
     except (ParseError, ValueError, RecursionError):
-        match = _FIRST_WORD.match(query)
-        return match.group(1).upper() if match else ""
+        return ""
     parts: list[str] = []
+    encoded = query.encode()  # the tree's locations are byte offsets
     for raw in tree.get("stmts", ()):
         stmt = raw["stmt"]
         start = raw.get("stmt_location", 0)
-        length = raw.get("stmt_len") or len(query) - start
-        _walk(stmt, parts, query[start : start + length])
+        length = raw.get("stmt_len") or len(encoded) - start
+        _walk(stmt, parts, encoded[start : start + length].decode(errors="replace"), encoded)
     return _truncate(parts)
 
 
-def _walk(stmt: dict[str, Any], parts: list[str], text: str) -> None:
+class _Operation(str):
+    """An operation put on the walk's stack to be emitted after a WITH clause."""
+
+    __slots__ = ()
+
+
+def _walk(stmt: dict[str, Any], parts: list[str], text: str, query: bytes) -> None:
     """Operations and targets of one top-level statement, in the order they appear.
 
     The tree's keys follow the grammar's field order, which follows the text
-    closely enough for a summary (target list, then FROM, then WHERE).
+    closely enough for a summary (target list, then FROM, then WHERE); a
+    WITH clause, last in the tree, is walked first.
     """
     stack: list[Any] = [stmt]
     while stack:
         item = stack.pop()
+        if type(item) is _Operation:
+            parts.append(item)
+            continue
         if type(item) is list:
             stack.extend(reversed(item))
             continue
         if type(item) is not dict:
             continue
         if "relname" in item:  # a RangeVar, wrapped as a node or as a typed field
-            parts.append(_name(item))
+            parts.append(_name(item, query))
             continue
         children: list[Any] = []
         for key, value in item.items():
             operation = _operation(key, value, text)
             if operation is not None:
-                parts.append(operation)
                 if key == "CallStmt":
-                    parts.append(_function_name(value))
+                    parts.extend((operation, _function_name(value)))
                     continue
+                if type(value) is dict and value.get("withClause"):
+                    rest = {k: v for k, v in value.items() if k != "withClause"}
+                    children.extend((value["withClause"], _Operation(operation), rest))
+                    continue
+                parts.append(operation)
             if type(value) is dict or type(value) is list:
                 children.append(value)
         stack.extend(reversed(children))
@@ -118,9 +135,20 @@ def _operation(key: str, node: Any, text: str) -> str | None:
     return None
 
 
-def _name(range_var: dict[str, Any]) -> str:
+def _name(range_var: dict[str, Any], query: bytes) -> str:
+    """The relation as the query writes it; from the tree when its location is unknown."""
+    location = range_var.get("location")
+    if isinstance(location, int) and location >= 0:
+        written = _WRITTEN_NAME.match(query[location : location + 1024].decode(errors="ignore"))
+        if written:
+            return ".".join(_IDENT_PART.findall(written.group(0)))
     parts = [range_var.get("schemaname"), range_var.get("relname")]
     return ".".join(_identifier(str(part)) for part in parts if part)
+
+
+_IDENT: Final = r'(?:"(?:[^"]|"")*"|[^\W\d][\w$]*)'
+_WRITTEN_NAME: Final = re.compile(_IDENT + r"(?:\s*\.\s*" + _IDENT + r")*")
+_IDENT_PART: Final = re.compile(_IDENT)
 
 
 def _identifier(name: str) -> str:
