@@ -20,6 +20,7 @@ import pytest
 
 from tests.helpers import install_otel_sdk, metric_points, wait_until
 from wellwon_db import (
+    BreakerState,
     DatabaseContainer,
     DatabaseUnavailableError,
     MainDB,
@@ -344,6 +345,14 @@ async def test_a_killed_replica_costs_no_errors_and_is_used_again(
                 await asyncio.gather(*readers)
             assert errors == []
             assert replica.replicas.endpoints[0].state == "down"
+            # Its breaker open too (as when reads failed on it): reads skip the
+            # replica, so only the lag measurement can find it back.
+            breaker = replica.replicas.endpoints[0].slot.breaker
+            for _ in range(20):
+                if breaker.state is BreakerState.OPEN:
+                    break
+                breaker.record_failure(0.0)
+            assert breaker.state is BreakerState.OPEN
 
             standby.start()
 

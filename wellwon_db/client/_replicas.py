@@ -234,6 +234,9 @@ class ReplicaSet:
             endpoint.state, endpoint.error = "down", f"{type(exc).__name__}: {exc}"
             return
         endpoint.error = None
+        # Reads skip a replica whose breaker is open, so no call would ever
+        # probe it: the measurement that just reached the server does.
+        endpoint.slot.breaker.note_reachable()
         in_recovery: bool = row[0]
         replayed: int | None = row[1]
         if not in_recovery or replayed is None:
