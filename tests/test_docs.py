@@ -35,9 +35,16 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from wellwon_db import (
+    DatabaseContainer,
+    DatabaseUnavailableError,
+    check_health,
+    database_lifespan,
+)
 from wellwon_db.testing import PostgresServer
 from wellwon_db.testing._templates import TemplateDatabases, ram_directory
 
@@ -300,6 +307,48 @@ def test_interactive_sessions(document: Path) -> None:
             test = parser.get_doctest(block.source, {}, str(block), str(document), block.line)
             runner.run(test)
     assert runner.failures == 0
+
+
+def _health_sample() -> dict[str, Any]:
+    text = (ROOT / "docs" / "health.md").read_text()
+    report = text[text.index("A real report") :]
+    start = report.index("```json\n") + len("```json\n")
+    sample: dict[str, Any] = json.loads(report[start : report.index("```", start)])
+    return sample
+
+
+def _shape(value: object) -> object:
+    """The keys of ``value`` at every level (values dropped; lists by their items)."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return None
+
+
+async def test_health_sample_has_the_keys_of_a_real_report(
+    docs_templates: TemplateDatabases,
+    postgres_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docs/health.md's sample, made again: main up, an optional reference that went down."""
+    dsns = docs_templates.clone()
+    monkeypatch.setenv("POSTGRES_DSN", dsns["main"])
+    monkeypatch.setenv("POSTGRES_REFERENCE_DSN", postgres_server.dsn())
+    monkeypatch.setenv("PG_REFERENCE_HEALTH_REQUIRED", "false")
+    container = DatabaseContainer()
+    try:
+        async with database_lifespan(container):
+            postgres_server.stop()
+            with pytest.raises(DatabaseUnavailableError):
+                await container.reference_db().fetchval("SELECT 1")
+            report = (await check_health(container)).to_dict()
+    finally:
+        docs_templates.drop(dsns)
+    sample = _health_sample()
+    assert (report["status"], sample["status"]) == ("degraded", "degraded")
+    assert _shape(sample) == _shape(report)
+    assert sample["unconfigured"] == report["unconfigured"]
 
 
 # -- the harness itself ---------------------------------------------------------------

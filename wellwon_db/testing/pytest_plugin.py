@@ -153,7 +153,7 @@ def wellwon_env(
     set, its pool's minimum size to 1 (pools open per test). Clears
     ``get_postgres_config()`` before and after; everything is restored after.
     """
-    from wellwon_db import get_postgres_config
+    from wellwon_db.config._config import get_postgres_config
     from wellwon_db.config._registry import spec_for
     from wellwon_db.config._settings import env_var_name, settings_class
 
@@ -178,7 +178,7 @@ def wellwon_app_container() -> Any:
     Default: a new ``DatabaseContainer()``. An application container that
     embeds one (``db = providers.Container(DatabaseContainer)``) works as it is.
     """
-    from wellwon_db import DatabaseContainer
+    from wellwon_db.di._container import DatabaseContainer
 
     return DatabaseContainer()
 
@@ -200,7 +200,7 @@ async def wellwon_container(
 
     Needs pytest-asyncio (``pip install 'wellwon-db[testing]'``).
     """
-    from wellwon_db import start_databases, stop_databases
+    from wellwon_db.di._container import start_databases, stop_databases
 
     await start_databases(wellwon_app_container)
     try:
