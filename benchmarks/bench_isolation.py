@@ -7,20 +7,24 @@ tables with keys and a unique index); the same test body in every variant
 - **rollback**: one asyncpg connection for the whole run, each test inside
   ``BEGIN`` ... ``ROLLBACK`` (the floor of that approach: a real one also has
   to route every pool's connection to this one);
-- **copy (file_copy | wal_log)**: ``CREATE DATABASE ... TEMPLATE ... STRATEGY``,
-  connect, the body, close, ``DROP DATABASE``, all in the test's time;
-- **copies, back to back**: ``TemplateDatabases.clone()`` of main and
-  reference (the ``wellwon_dsns`` fixture) when tests follow each other at
-  once, so the copies made ahead are not ready yet;
-- **copies, 1 s tests**: the same with each test lasting a second, so the
-  next copies are ready when it ends;
-- **copies in RAM**: both again, with the databases in a tablespace on
-  ``/dev/shm`` (what the fixture does where there is one);
+- **copy one database (file_copy | wal_log)**: ``CREATE DATABASE ...
+  TEMPLATE ... STRATEGY``, connect, the body, close, ``DROP DATABASE``, all
+  in the test's time; on the server's disk, and in a tablespace on a RAM
+  file system (``/dev/shm``) where there is one;
+- **fixture: 2 copies, back to back**: ``TemplateDatabases.clone()`` of
+  main and reference (the ``wellwon_dsns`` fixture) when tests follow each
+  other at once, so the copies made ahead are not ready yet;
+- **fixture: 2 copies, 1 s tests**: the same with each test lasting a
+  second, so the next copies are ready when it ends;
+- **fixture: 2 copies in RAM**: both again, with the databases in a
+  tablespace on ``/dev/shm`` (what the fixture does where there is one);
 - **container start + stop**: ``start_databases`` and ``stop_databases`` of
   a ``DatabaseContainer`` on those copies (the ``wellwon_container`` fixture),
   pools of one connection.
 
-    python -m benchmarks.bench_isolation --tests 20
+Results and the choice they led to: docs/testing.md.
+
+    python -m benchmarks.bench_isolation --tests 30
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +43,7 @@ import asyncpg
 
 from wellwon_db import DatabaseContainer, start_databases, stop_databases
 from wellwon_db.testing import PostgresServer
+from wellwon_db.testing._server import _run_as
 from wellwon_db.testing._templates import TemplateDatabases, ram_directory
 
 SCHEMA = "\n".join(
@@ -66,13 +73,13 @@ async def rollback(server: PostgresServer, tests: int) -> list[float]:
     return times
 
 
-async def copy(server: PostgresServer, tests: int, strategy: str) -> list[float]:
+async def copy(server: PostgresServer, tests: int, strategy: str, template: str) -> list[float]:
     admin = await asyncpg.connect(server.dsn())
     times = []
     for number in range(tests):
-        name = f"bench_{strategy}_{number}"
+        name = f"{template}_{strategy}_{number}"
         started = time.perf_counter()
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE bench_template STRATEGY {strategy}")
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template} STRATEGY {strategy}")
         connection = await asyncpg.connect(server.dsn(name))
         await _body(connection)
         await connection.close()
@@ -146,27 +153,63 @@ def main() -> None:
     with PostgresServer("bench-isolation") as server:
         server.execute("CREATE DATABASE bench_template")
         server.execute(SCHEMA, database="bench_template")
+        ram = tempfile.mkdtemp(prefix="wellwon_db-bench-", dir=RAM) if RAM else None
+        if ram is not None:
+            account = _run_as()
+            if account is not None:
+                os.chown(ram, account.pw_uid, account.pw_gid)
+            server.execute(f"CREATE TABLESPACE bench_ram LOCATION '{ram}'")
+            server.execute("CREATE DATABASE bench_ram_template TABLESPACE bench_ram")
+            server.execute(SCHEMA, database="bench_ram_template")
+        n = args.tests
         variants: list[tuple[str, Callable[[], list[float]]]] = [
-            ("rollback (one connection)", lambda: asyncio.run(rollback(server, args.tests * 10))),
-            (
-                "copy, file_copy, one database",
-                lambda: asyncio.run(copy(server, args.tests, "file_copy")),
-            ),
-            (
-                "copy, wal_log, one database",
-                lambda: asyncio.run(copy(server, args.tests, "wal_log")),
-            ),
-            ("copies (2), back to back", lambda: fixture_copies(server, args.tests, 0, None)),
-            ("copies (2), 1 s tests", lambda: fixture_copies(server, args.tests, 1, None)),
-            (
-                "copies (2) in RAM, back to back",
-                lambda: fixture_copies(server, args.tests, 0, RAM),
-            ),
-            ("copies (2) in RAM, 1 s tests", lambda: fixture_copies(server, args.tests, 1, RAM)),
-            ("container start + stop (2 pools)", lambda: container_cycle(server, args.tests)),
+            ("rollback (one connection)", lambda: asyncio.run(rollback(server, n * 10))),
         ]
+        for strategy in ("file_copy", "wal_log"):
+            variants.append(
+                (
+                    f"copy one database, {strategy}",
+                    lambda s=strategy: asyncio.run(copy(server, n, s, "bench_template")),
+                )
+            )
+            if ram is not None:
+                variants.append(
+                    (
+                        f"copy one database, {strategy}, in RAM",
+                        lambda s=strategy: asyncio.run(copy(server, n, s, "bench_ram_template")),
+                    )
+                )
+        variants += [
+            ("fixture: 2 copies, back to back", lambda: fixture_copies(server, n, 0, None)),
+            ("fixture: 2 copies, 1 s tests", lambda: fixture_copies(server, n, 1, None)),
+        ]
+        if ram is not None:
+            variants += [
+                (
+                    "fixture: 2 copies in RAM, back to back",
+                    lambda: fixture_copies(server, n, 0, RAM),
+                ),
+                ("fixture: 2 copies in RAM, 1 s tests", lambda: fixture_copies(server, n, 1, RAM)),
+            ]
+        variants.append(("container start + stop (2 pools)", lambda: container_cycle(server, n)))
+        print(f"PostgreSQL {server_version(server)}; RAM file system: {RAM or 'none'}")
         for name, run in variants:
             _report(name, run())
+        if ram is not None:
+            server.execute("DROP DATABASE bench_ram_template")
+            server.execute("DROP TABLESPACE bench_ram")
+            shutil.rmtree(ram, ignore_errors=True)
+
+
+def server_version(server: PostgresServer) -> str:
+    async def version() -> str:
+        connection = await asyncpg.connect(server.dsn())
+        try:
+            return str(await connection.fetchval("SHOW server_version"))
+        finally:
+            await connection.close()
+
+    return asyncio.run(version())
 
 
 if __name__ == "__main__":
