@@ -11,7 +11,9 @@ from tests.helpers import MAIN_DB, REFERENCE_DB, Servers
 from wellwon_db import DatabaseContainer, get_postgres_config, start_databases, stop_databases
 from wellwon_db.testing import PostgresServer
 
-pytest_plugins = ["wellwon_db.testing.pytest_plugin"]
+# wellwon_db's own fixtures come through its pytest11 entry point; pytester
+# runs the plugin in projects of its own (tests/test_pytest_plugin.py).
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(scope="session")

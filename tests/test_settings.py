@@ -327,6 +327,27 @@ def test_env_file_is_read_and_environment_wins(
     assert config.get_pool_config(Database.MAIN).max_size == 11
 
 
+@pytest.mark.parametrize("name", ["missing.env", "nowhere/app.env"])
+def test_explicit_env_file_must_exist(tmp_path: Path, name: str) -> None:
+    missing = tmp_path / name
+    with pytest.raises(ConfigurationError, match=f"env_file {missing}: no such file"):
+        PostgresConfig.load(env_file=missing)
+    with pytest.raises(RuntimeError, match="no such file"):
+        PostgresConfig.load(env_file=str(missing))
+
+
+def test_explicit_env_file_that_is_a_directory_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="no such file"):
+        PostgresConfig.load(env_file=tmp_path)
+
+
+@pytest.mark.parametrize("env_file", [".env", "./.env", Path(".env")])
+def test_default_dot_env_may_be_absent(env_file: str | Path, tmp_path: Path) -> None:
+    assert not (tmp_path / ".env").exists()  # the working directory (clean_environment)
+    assert PostgresConfig.load().get_pool_config(Database.MAIN).max_size == 50
+    assert PostgresConfig.load(env_file=env_file).get_pool_config(Database.MAIN).max_size == 50
+
+
 def test_dot_env_in_working_directory(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("PG_REFERENCE_POOL_MIN_SIZE=2\n")
     assert get_postgres_config().get_pool_config(Database.REFERENCE).min_size == 2

@@ -1,3 +1,3 @@
-"""The package version (one place; ``__init__`` and telemetry read it)."""
+"""The package version, in one place: read by ``__init__``, telemetry and the build."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -120,10 +120,17 @@ class PostgresConfig:
         """Read and validate every database's settings from the environment and ``env_file``.
 
         A variable in the environment wins over the same one in ``env_file``
-        (which may be absent; ``None`` reads no file); ``values`` (per
-        database, by field name) win over both. Raises ``ConfigurationError``
-        naming each variable to fix, and for typos in our namespace.
+        (the default ``./.env`` may be absent, any other file must exist;
+        ``None`` reads no file); ``values`` (per database, by field name) win
+        over both. Raises ``ConfigurationError`` naming each variable to fix,
+        for typos in our namespace, and naming a missing ``env_file``.
         """
+        if (
+            env_file is not None
+            and Path(env_file) != Path(DEFAULT_ENV_FILE)
+            and not Path(env_file).is_file()
+        ):
+            raise ConfigurationError(f"env_file {env_file}: no such file")
         environ = read_environment(env_file)
         _check_command_timeout_aliases(environ)
         config = cls.__new__(cls)

@@ -7,8 +7,9 @@
   default) in front of a :class:`PostgresServer`.
 * :class:`TcpProxy` sits between a client and a server and cuts the link or
   goes silent on demand, for fault-injection tests.
-* ``pytest_plugins = ["wellwon_db.testing.pytest_plugin"]`` gives fixtures
-  for both.
+* ``wellwon_db.testing.pytest_plugin``, loaded by pytest through its
+  ``pytest11`` entry point, gives fixtures: servers, a fresh database per
+  test, a started container, fakes.
 """
 
 from wellwon_db.testing._fake_clients import (
