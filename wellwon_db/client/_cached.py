@@ -64,10 +64,18 @@ def _table_parts(table: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _literal(text: str) -> str:
-    """``text`` as an SQL string literal (``standard_conforming_strings``: quotes doubled)."""
+    """``text`` as an SQL string literal, as PostgreSQL's ``quote_literal`` writes it.
+
+    Quotes are doubled; a text with a backslash is written as an ``E''``
+    string with backslashes doubled, so it reads the same whatever
+    ``standard_conforming_strings`` says.
+    """
     if "\x00" in text:
         raise ConfigurationError(f"not a usable channel name: {text!r}")
-    return "'" + text.replace("'", "''") + "'"
+    quoted = text.replace("'", "''")
+    if "\\" in text:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"
 
 
 def invalidation_sql(tables: Iterable[str | Sequence[str]], channel: str) -> str:
