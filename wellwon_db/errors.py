@@ -63,8 +63,9 @@ class DatabaseUnavailableError(WellwonDBError):
     ``database`` is the logical database name (``"main"``, ``"reference"``).
     ``may_have_run`` is false when the failure came before any statement was
     sent (no connection could be had), so retrying cannot run it twice.
-    ``during_commit`` is true when the connection failed while a COMMIT was
-    in flight: the transaction may or may not have committed.
+    ``during_commit`` is true when COMMIT was sent and no answer came (the
+    connection failed, or the command timed out): the transaction may or may
+    not have committed, so ``may_have_run`` is then always true.
     """
 
     def __init__(
@@ -77,7 +78,7 @@ class DatabaseUnavailableError(WellwonDBError):
     ) -> None:
         super().__init__(message)
         self.database = database
-        self.may_have_run = may_have_run
+        self.may_have_run = may_have_run or during_commit
         self.during_commit = during_commit
 
 

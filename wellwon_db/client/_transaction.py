@@ -131,7 +131,7 @@ class TransactionScope:
         try:
             result = await call(connection, query, args, timeout)
         except BaseException as exc:
-            error = translate_error(exc, self._database, "running a query in a transaction")
+            error = _lost_in_transaction(exc, connection, self._database)
             if telemetry is not None:
                 telemetry.finish(span, query, started, error, sent=started, batch=batch)
             if isinstance(error, DatabaseUnavailableError):
@@ -289,15 +289,26 @@ class Transaction:
             # the open transaction must go too, or the next lease nests in it.
             pool.release_soon(connection, max(self.effect, SessionEffect.RESET))
             return
+        if exc is None and connection.is_closed():
+            # Lost while the block ran (a backend terminated while the
+            # application paused): COMMIT is never sent, so nothing committed.
+            lost = _lost_before_commit(pool.database)
+            record_outcome(breaker, lost, self._started)
+            self._end_span("rollback", lost)
+            await pool.release_connection(connection, SessionEffect.BROKEN)
+            raise lost
         try:
             if exc is None:
                 self.commit_attempted = True
                 try:
                     await self._tx.__aexit__(None, None, None)
                 except BaseException as error:
-                    translated = translate_error(
-                        error, pool.database, "committing", during_commit=True
-                    )
+                    translated = _commit_failure(error, connection, pool.database)
+                    if (
+                        isinstance(translated, DatabaseUnavailableError)
+                        and not translated.during_commit
+                    ):
+                        self.commit_attempted = False  # refused before it was sent
                     record_outcome(breaker, translated, self._started)
                     self._end_span("commit failed", translated)
                     if translated is error:
@@ -334,6 +345,63 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<Transaction {self._slot.database} options={self._options}>"
+
+
+def _lost_in_transaction(
+    exc: BaseException, connection: Connection, database: DatabaseName
+) -> BaseException:
+    """A statement's failure inside a transaction, translated.
+
+    A lost connection rolls the transaction back on the server, so nothing of
+    it can have committed (``may_have_run`` false: running it again is safe).
+    asyncpg reports a connection it already knows closed as a bare
+    ``InterfaceError``; that is a lost connection too.
+    """
+    if isinstance(exc, asyncpg.InterfaceError) and connection.is_closed():
+        return DatabaseUnavailableError(
+            f"the {database} database connection was lost during a transaction, which "
+            "was rolled back (nothing of it committed; it is safe to run again)",
+            database=str(database),
+            may_have_run=False,
+        )
+    return translate_error(exc, database, "running a query in a transaction", may_have_run=False)
+
+
+def _lost_before_commit(database: DatabaseName) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(
+        f"the {database} database connection was lost before COMMIT: the transaction was "
+        "rolled back (nothing of it committed; it is safe to run again)",
+        database=str(database),
+        may_have_run=False,
+    )
+
+
+def _commit_failure(
+    error: BaseException, connection: Connection, database: DatabaseName
+) -> BaseException:
+    """COMMIT's failure, translated: a lost connection or a timeout leaves the outcome unknown.
+
+    ``InterfaceError`` on a connection asyncpg knows closed is raised before
+    COMMIT is sent (nothing committed); PostgreSQL's errors (a deferred
+    constraint, a serialization failure at commit) mean it did not commit
+    and pass through.
+    """
+    if isinstance(error, asyncpg.InterfaceError) and connection.is_closed():
+        return _lost_before_commit(database)
+    if isinstance(error, TimeoutError):
+        return DatabaseUnavailableError(
+            f"COMMIT on the {database} database timed out: the transaction may or may not "
+            "have committed (outcome unknown; check before running it again)",
+            database=str(database),
+            during_commit=True,
+        )
+    translated = translate_error(error, database, "committing", during_commit=True)
+    if isinstance(translated, DatabaseUnavailableError):
+        translated.args = (
+            f"{translated}; the transaction may or may not have committed (outcome unknown; "
+            "check before running it again)",
+        )
+    return translated
 
 
 async def run_in_transaction(
