@@ -54,11 +54,12 @@ from wellwon_db.errors import (
 from wellwon_db.health._health import DatabaseHealth, HealthChecker, HealthReport
 from wellwon_db.pool._pool import DatabasePool, PoolState
 from wellwon_db.resilience._breaker import BreakerState, BreakerTransition, CircuitBreaker
-from wellwon_db.shards._client import ShardClient, ShardedClient, current_shard_key
+from wellwon_db.shards._client import ShardedClient
 from wellwon_db.shards._fanout import FanOut, FanOutResult
 from wellwon_db.shards._ids import GlobalId, decode_id
 from wellwon_db.shards._map import ShardMap
 from wellwon_db.shards._migrate import Migration, MigrationReport, load_migrations, migrate_shards
+from wellwon_db.shards._routing import ShardClient, current_shard_key
 from wellwon_db.shards._set import ShardSet
 from wellwon_db.shards._settings import ShardSettings
 

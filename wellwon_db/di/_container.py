@@ -176,8 +176,16 @@ async def _maybe_await(value: object) -> None:
         await value
 
 
+async def _init(resource: providers.Resource[Any]) -> None:
+    # init() may raise before returning an awaitable (a dependency failing to resolve);
+    # inside a coroutine that is one more result for gather, not an escape past the
+    # clean-up of the pools that did start.
+    await _maybe_await(resource.init())
+
+
 async def start_databases(container: ContainerLike) -> None:
-    """Open every database pool of ``container`` concurrently (embedded containers included).
+    """Open every database pool of ``container`` concurrently (embedded containers included),
+    and the pools of each physical shard of its sharded clients (``shard_providers``).
 
     ``container`` is a :class:`DatabaseContainer`, one embedded with
     ``providers.Container``, or an application container holding either:
@@ -190,7 +198,7 @@ async def start_databases(container: ContainerLike) -> None:
     resources = [member.pool for member in members]
     resources += [shards.pools for shards in shard_members(container)]
     results = await asyncio.gather(
-        *(_maybe_await(resource.init()) for resource in resources), return_exceptions=True
+        *(_init(resource) for resource in resources), return_exceptions=True
     )
     errors = [result for result in results if isinstance(result, BaseException)]
     if errors:
@@ -201,7 +209,7 @@ async def start_databases(container: ContainerLike) -> None:
 
 
 async def stop_databases(container: ContainerLike) -> None:
-    """Close every database pool of ``container`` (and nothing else).
+    """Close every database pool of ``container``, shards' included (and nothing else).
 
     Clients stay valid: after :func:`start_databases` they use the new pools,
     with the settings read again. Pools close concurrently; an error closing

@@ -28,6 +28,7 @@ Schemes (a key's logical shard among ``count``):
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Final, Literal
 
@@ -57,7 +58,6 @@ _M64: Final = 0xFFFFFFFFFFFFFFFF
 _GOLDEN: Final = 0x9E3779B9 + 3923095
 #: Citus' HASH_TOKEN_COUNT: the size of the int32 hash space.
 _TOKENS: Final = 1 << 32
-_WORDS = struct.Struct("<3I")
 
 
 def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
@@ -110,17 +110,45 @@ def _seeded(a: int, b: int, c: int, seed: int) -> tuple[int, int, int]:
     return a, b, c
 
 
+@functools.lru_cache(maxsize=256)
+def _words(blocks: int) -> struct.Struct:
+    return struct.Struct(f"<{blocks * 3}I")
+
+
+@functools.lru_cache(maxsize=512)
+def _start(length: int, seed: int) -> tuple[int, int, int]:
+    """The state before the first block: depends on the length and seed only (cached)."""
+    a = b = c = (_GOLDEN + length) & _M32
+    return _seeded(a, b, c, seed)
+
+
 def _bytes_state(data: bytes, seed: int) -> tuple[int, int]:
     length = len(data)
-    a = b = c = (_GOLDEN + length) & _M32
-    a, b, c = _seeded(a, b, c, seed)
-    offset = 0
-    while length - offset >= 12:
-        x, y, z = _WORDS.unpack_from(data, offset)
-        a, b, c = _mix((a + x) & _M32, (b + y) & _M32, (c + z) & _M32)
-        offset += 12
+    a, b, c = _start(length, seed)
+    blocks = length // 12
+    if blocks:
+        words = _words(blocks).unpack_from(data)
+        m = _M32
+        for i in range(0, blocks * 3, 3):
+            # lookup3's mix(), inlined: this loop is the cost of hashing text.
+            a = (a + words[i]) & m
+            b = (b + words[i + 1]) & m
+            c = (c + words[i + 2]) & m
+            a = ((a - c) & m) ^ (((c << 4) | (c >> 28)) & m)
+            c = (c + b) & m
+            b = ((b - a) & m) ^ (((a << 6) | (a >> 26)) & m)
+            a = (a + c) & m
+            c = ((c - b) & m) ^ (((b << 8) | (b >> 24)) & m)
+            b = (b + a) & m
+            a = ((a - c) & m) ^ (((c << 16) | (c >> 16)) & m)
+            c = (c + b) & m
+            b = ((b - a) & m) ^ (((a << 19) | (a >> 13)) & m)
+            a = (a + c) & m
+            c = ((c - b) & m) ^ (((b << 4) | (b >> 28)) & m)
+            b = (b + a) & m
+    offset = blocks * 12
     if offset < length:
-        # The last 0-11 bytes, little-endian; c's lowest byte is the length's.
+        # The last 1-11 bytes, little-endian; c's lowest byte is the length's.
         tail = data[offset:]
         a = (a + int.from_bytes(tail[0:4], "little")) & _M32
         b = (b + int.from_bytes(tail[4:8], "little")) & _M32
