@@ -54,6 +54,7 @@ from wellwon_db.errors import (
 from wellwon_db.health._health import DatabaseHealth, HealthChecker, HealthReport
 from wellwon_db.pool._pool import DatabasePool, PoolState
 from wellwon_db.resilience._breaker import BreakerState, BreakerTransition, CircuitBreaker
+from wellwon_db.shards._citus import citus_pool_max_size, citus_shard_range
 from wellwon_db.shards._client import ShardedClient
 from wellwon_db.shards._fanout import FanOut, FanOutResult
 from wellwon_db.shards._ids import GlobalId, decode_id
@@ -111,6 +112,8 @@ __all__ = [
     "TransactionScope",
     "WellwonDBError",
     "check_health",
+    "citus_pool_max_size",
+    "citus_shard_range",
     "close_pools",
     "current_shard_key",
     "database_lifespan",
