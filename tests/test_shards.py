@@ -193,9 +193,11 @@ async def test_a_locked_scope_refuses_other_shards(app: ShardedApp) -> None:
             pass
         with pytest.raises(ShardRoutingError, match="fan-out inside a block locked"):
             await sharded.fan_out().fetchval("SELECT 1")
-        # The same shard is fine, nested or not.
+        # The same shard is fine, nested or not; an inner block cannot lift the lock.
         with sharded.key(here):
             assert await sharded.for_key(here).fetchval("SELECT 1") == 1
+        with sharded.key(here, lock=False), pytest.raises(ShardRoutingError, match="locked"):
+            await sharded.for_key(there).fetchval("SELECT 1")
     with sharded.key(here, lock=False):
         assert await sharded.for_key(there).fetchval("SELECT 1") == 1
         with sharded.key(there):
@@ -465,8 +467,11 @@ async def test_the_client_works_across_a_stop_and_a_start(
     with pytest.raises(PoolClosedError, match="start_databases"):
         sharded.for_key(1)
     await start_databases(container)
-    assert await sharded.for_key(1).fetchval("SELECT 1") == 1
+    before = sharded.for_key(1)
+    assert await before.fetchval("SELECT 1") == 1
     await stop_databases(container)
+    with pytest.raises(PoolClosedError):
+        await before.fetchval("SELECT 1")
     with pytest.raises(PoolClosedError):
         await sharded.fan_out().fetchval("SELECT 1")
     for shard in SHARDS:
@@ -476,6 +481,8 @@ async def test_the_client_works_across_a_stop_and_a_start(
     try:
         assert sharded.shard_map.count == 8
         assert await sharded.for_key(1).fetchval("SELECT 1") == 1
+        # A shard client from before the restart reaches the new pool of its database.
+        assert await before.fetchval("SELECT 1") == 1
     finally:
         await stop_databases(container)
 

@@ -19,7 +19,6 @@ from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from dependency_injector import providers
 
-from wellwon_db.client._client import DatabaseClient
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.config._registry import spec_for
@@ -82,7 +81,7 @@ async def open_shard_set(
     check_shard_dsns(shard_map, config)
     openers: list[tuple[PoolSlot, AsyncGenerator[DatabasePool | None, None]]] = []
     for entry in shard_map.placements:
-        slot = PoolSlot(entry.database)
+        slot, _ = shard_set.slot_for(entry.database)
         opener = open_database_pool(spec_for(entry.database), config, slot)
         # An async generator function's result: a generator, closed with aclose().
         openers.append((slot, cast("AsyncGenerator[DatabasePool | None, None]", opener)))
@@ -104,11 +103,10 @@ async def open_shard_set(
         PhysicalShard(
             entry.database,
             entry.shards,
-            slot,
-            DatabaseClient(slot),
+            *shard_set.slot_for(entry.database),
             down=result if isinstance(result, BaseException) else None,
         )
-        for entry, (slot, _), result in zip(shard_map.placements, openers, results, strict=True)
+        for entry, result in zip(shard_map.placements, results, strict=True)
     ]
     shard_set.install(settings, physical)
     try:

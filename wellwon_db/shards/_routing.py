@@ -332,10 +332,12 @@ def enter_scope(
     """Open a ``sharded.key(...)`` block for ``client``'s key (refused when an enclosing
     locked block is on another shard); reset the returned token to close it."""
     outer = _scope.get()
-    if outer is not None and outer.owner is owner and outer.locked:
+    locked_outside = outer is not None and outer.owner is owner and outer.locked
+    if locked_outside:
         check_route(owner, client.shard, client.database, write=False)
     assert client.key is not None
-    return _scope.set(_Scope(owner, client.key, client.shard, lock))
+    # A lock holds to the end of its block: an inner block cannot lift it.
+    return _scope.set(_Scope(owner, client.key, client.shard, lock or locked_outside))
 
 
 def leave_scope(token: contextvars.Token[_Scope | None]) -> None:

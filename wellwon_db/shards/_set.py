@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from wellwon_db.client._client import DatabaseClient
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._registry import DatabaseName, database_name
-from wellwon_db.errors import ConfigurationError, PoolClosedError, ShardRoutingError
+from wellwon_db.errors import PoolClosedError, ShardRoutingError
 from wellwon_db.shards._map import ShardMap
 from wellwon_db.shards._settings import ShardSettings
 
@@ -41,22 +41,34 @@ class ShardSet:
     """The open shard map, its settings and its physical shards; empty while stopped.
 
     Reading it while empty raises ``PoolClosedError`` saying how to start it.
+    Each physical database keeps its slot and client across a stop and a
+    start (:meth:`slot_for`), so a shard client taken before a restart works
+    after it while its database still holds shards.
     """
 
-    __slots__ = ("_by_shard", "_map", "_physical", "_settings", "unconfigured")
+    __slots__ = ("_by_shard", "_clients", "_map", "_physical", "_settings", "_slots")
 
     def __init__(self) -> None:
         self._settings: ShardSettings | None = None
         self._map: ShardMap | None = None
         self._physical: dict[str, PhysicalShard] = {}
         self._by_shard: tuple[PhysicalShard, ...] = ()
-        #: Set while the container runs without a shard map: its calls raise it.
-        self.unconfigured: ConfigurationError | None = None
+        self._slots: dict[str, PoolSlot] = {}
+        self._clients: dict[str, DatabaseClient] = {}
 
     def __repr__(self) -> str:
         return "<ShardSet (not open)>" if self._map is None else f"<ShardSet {self._map!r}>"
 
     # -- lifecycle (the container's Resource) --------------------------------------------
+
+    def slot_for(self, database: DatabaseName) -> tuple[PoolSlot, DatabaseClient]:
+        """``database``'s slot and client: made on first use, the same ones afterwards."""
+        key = str(database)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = PoolSlot(database)
+            self._clients[key] = DatabaseClient(slot)
+        return slot, self._clients[key]
 
     def install(self, settings: ShardSettings, physical: Iterable[PhysicalShard]) -> None:
         """Make ``physical`` (every database of ``settings``' map) the set's shards."""
@@ -70,7 +82,6 @@ class ShardSet:
         )
         self._settings = settings
         self._map = shard_map
-        self.unconfigured = None
 
     def clear(self) -> None:
         """Forget the map and the physical shards (their pools are closed by the Resource)."""
@@ -134,9 +145,7 @@ class ShardSet:
             )
         return [found]
 
-    def _closed(self) -> ConfigurationError | PoolClosedError:
-        if self.unconfigured is not None:
-            return self.unconfigured
+    def _closed(self) -> PoolClosedError:
         return PoolClosedError(
             "the shards are not open: start them with `await wellwon_db.start_databases("
             "container)` (or `database_lifespan`) before using the sharded client",
