@@ -48,6 +48,7 @@ from wellwon_db import (
     stop_databases,
 )
 from wellwon_db.shards._fanout import ShardTimeoutError
+from wellwon_db.shards._routing import quote_literal
 from wellwon_db.testing import PostgresServer
 
 ACCOUNTS = [Migration(1, "0001_accounts.sql", ACCOUNTS_MIGRATION)]
@@ -429,6 +430,10 @@ async def test_a_keyed_transaction_sets_the_key_setting(
         assert await sharded.for_key(42).fetchval(setting) in (None, "")
         async with sharded.for_shard(0).transaction() as tx:  # no key, no setting
             assert await tx.fetchval(setting) in (None, "")
+        # Keys are quoted as PostgreSQL's quote_literal does, whatever they hold.
+        for text in ("it's", "back\\slash", "\\'; DROP TABLE accounts; --", "é中😀"):
+            literal = quote_literal(text)
+            assert await sharded.for_shard(0).fetchval(f"SELECT {literal}") == text
 
 
 # -- lifecycle, health, metrics ------------------------------------------------------

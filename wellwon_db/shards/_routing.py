@@ -40,13 +40,22 @@ __all__ = [
     "current_shard_key",
     "enter_scope",
     "leave_scope",
+    "quote_literal",
     "scoped_shard",
 ]
 
 _T = TypeVar("_T")
 Record = asyncpg.Record
 
-_KEY_SETTING_SQL = "SELECT set_config($1, $2, true)"
+
+def quote_literal(value: str) -> str:
+    """``value`` as an SQL string literal, as PostgreSQL's ``quote_literal`` writes it
+    (``E'...'`` with doubled backslashes when it holds one, so it reads the same whatever
+    ``standard_conforming_strings`` is)."""
+    quoted = value.replace("'", "''")
+    if "\\" in value:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +271,10 @@ class ShardClient:
     async def _set_key(self, scope: TransactionScope) -> None:
         setting = self._owner.settings.key_setting
         if setting is not None and self.key is not None:
-            await scope.execute(_KEY_SETTING_SQL, setting, str(self.key))
+            # SET LOCAL, not set_config(): Citus propagates SET LOCAL commands to the
+            # workers (citus.propagate_set_commands = 'local'), not function calls. The
+            # name is validated by the settings; the value is quoted as quote_literal does.
+            await scope.execute(f"SET LOCAL {setting} TO {quote_literal(str(self.key))}")
 
 
 class _KeyedTransaction:

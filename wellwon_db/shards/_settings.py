@@ -152,8 +152,7 @@ class ShardSettings(BaseSettings):
         pattern=r"^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$",
         description=(
             "A custom setting (e.g. app.tenant_id) that every transaction opened for a key "
-            "sets to that key with set_config(..., true), for row-level security policies. "
-            "Unset: none."
+            "sets to that key (SET LOCAL), for row-level security policies. Unset: none."
         ),
     )
 
