@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from wellwon_db import (
     ShardSettings,
     declare_database,
 )
-from wellwon_db.shards._settings import check_databases, load_shard_settings
+from wellwon_db.shards._settings import check_databases, load_shard_settings, shard_variable
 
 
 def test_an_even_placement_gives_contiguous_blocks() -> None:
@@ -199,3 +200,14 @@ def test_every_database_must_be_known_and_a_primary(monkeypatch: pytest.MonkeyPa
     config = PostgresConfig.load(env_file=None)
     with pytest.raises(ConfigurationError, match="a replica of shard_primary"):
         check_databases(ShardMap(4, "shard_copy"), config)
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+
+
+def test_env_example_lists_every_shard_setting_at_its_default() -> None:
+    listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", EXAMPLE.read_text(), flags=re.M))
+    for field in ShardSettings.model_fields:
+        assert shard_variable(field) in listed, field
+    assert load_shard_settings(EXAMPLE) == load_shard_settings(None)
+    assert not load_shard_settings(EXAMPLE).configured
