@@ -546,3 +546,28 @@ async def test_a_shard_down_at_start_up_fails_it_and_closes_the_others(
 async def test_a_key_of_the_wrong_type_is_refused_before_any_io(app: ShardedApp) -> None:
     with pytest.raises(InvalidShardKeyError, match="bigint"):
         app.sharded().for_key("1")
+
+
+async def test_a_start_cancelled_while_a_shard_waits_closes_the_opened_shards(
+    shard_cluster: ShardCluster, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shard_environment(monkeypatch, shard_cluster, database)
+    monkeypatch.setenv("POSTGRES_SHARD_B_DSN", f"postgresql://postgres:{SECRET}@127.0.0.1:9/x")
+    monkeypatch.setenv("PG_SHARD_B_STARTUP_WAIT_SEC", "60")
+    container = ShardedApp()
+    starting = asyncio.create_task(start_databases(container))
+
+    async def others_open() -> bool:
+        counts = [
+            await count_connections(shard_cluster.servers[shard], f"wellwon_db:{shard}")
+            for shard in ("shard_a", "shard_c")
+        ]
+        return all(counts)
+
+    await wait_until(others_open, timeout=20)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    for shard in ("shard_a", "shard_c"):
+        assert await count_connections(shard_cluster.servers[shard], f"wellwon_db:{shard}") == 0
+    await stop_databases(container)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
@@ -85,35 +85,51 @@ async def open_shard_set(
         opener = open_database_pool(spec_for(entry.database), config, slot)
         # An async generator function's result: a generator, closed with aclose().
         openers.append((slot, cast("AsyncGenerator[DatabasePool | None, None]", opener)))
-    results = await asyncio.gather(
-        *(opener.__anext__() for _, opener in openers), return_exceptions=True
-    )
-    opened = [
-        opener
-        for (_, opener), result in zip(openers, results, strict=True)
-        if not isinstance(result, BaseException)
-    ]
-    errors = [result for result in results if isinstance(result, BaseException)]
+    tasks = [asyncio.ensure_future(opener.__anext__()) for _, opener in openers]
+    try:
+        await asyncio.wait(tasks)
+    except BaseException:
+        # Cancelled while opening: the pools that did open are closed, not leaked.
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        await _close(_opened(openers, tasks))
+        raise
+    opened = _opened(openers, tasks)
+    results: list[BaseException | None] = [task.exception() for task in tasks]
+    errors = [error for error in results if error is not None]
     if errors and not tolerate_down:
         for extra in errors[1:]:
             logger.error("shard start-up also failed: %s", extra)
         await _close(opened)
         raise errors[0]
-    physical = [
-        PhysicalShard(
-            entry.database,
-            entry.shards,
-            *shard_set.slot_for(entry.database),
-            down=result if isinstance(result, BaseException) else None,
-        )
-        for entry, result in zip(shard_map.placements, results, strict=True)
-    ]
-    shard_set.install(settings, physical)
     try:
+        physical = [
+            PhysicalShard(
+                entry.database,
+                entry.shards,
+                *shard_set.slot_for(entry.database),
+                down=error,
+            )
+            for entry, error in zip(shard_map.placements, results, strict=True)
+        ]
+        shard_set.install(settings, physical)
         yield shard_set
     finally:
         shard_set.clear()
         await _close(opened)
+
+
+def _opened(
+    openers: Sequence[tuple[PoolSlot, AsyncGenerator[Any, None]]],
+    tasks: Sequence[asyncio.Future[Any]],
+) -> list[AsyncGenerator[Any, None]]:
+    """The openers whose first step (opening the pool) completed."""
+    return [
+        opener
+        for (_, opener), task in zip(openers, tasks, strict=True)
+        if task.done() and not task.cancelled() and task.exception() is None
+    ]
 
 
 async def _close(openers: list[AsyncGenerator[Any, None]]) -> None:
