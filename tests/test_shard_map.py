@@ -195,11 +195,12 @@ def test_every_database_must_be_known_and_a_primary(monkeypatch: pytest.MonkeyPa
     with pytest.raises(ConfigurationError, match="set POSTGRES_SHARD_Y_DSN") as info:
         check_databases(ShardMap(4, "shard_x shard_y"), config)
     assert info.value.env_var == "POSTGRES_SHARD_Y_DSN"
-    declare_database("shard_primary")
-    declare_database("shard_copy", replica_of="shard_primary")
+    # (Declarations are process-wide: names unlike the other tests' databases.)
+    declare_database("archive")
+    declare_database("archive_standby", replica_of="archive")
     config = PostgresConfig.load(env_file=None)
-    with pytest.raises(ConfigurationError, match="a replica of shard_primary"):
-        check_databases(ShardMap(4, "shard_copy"), config)
+    with pytest.raises(ConfigurationError, match="a replica of archive"):
+        check_databases(ShardMap(4, "archive_standby"), config)
 
 
 EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
