@@ -8,15 +8,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.shard_support import ShardedApp
 from wellwon_db import (
     ConfigurationError,
+    PoolClosedError,
     PostgresConfig,
     ShardMap,
     ShardRoutingError,
     ShardSettings,
     declare_database,
+    start_databases,
+    stop_databases,
 )
 from wellwon_db.shards._settings import check_databases, load_shard_settings, shard_variable
+from wellwon_db.testing import override_with_fakes
 
 
 def test_an_even_placement_gives_contiguous_blocks() -> None:
@@ -212,3 +217,15 @@ def test_env_example_lists_every_shard_setting_at_its_default() -> None:
         assert shard_variable(field) in listed, field
     assert load_shard_settings(EXAMPLE) == load_shard_settings(None)
     assert not load_shard_settings(EXAMPLE).configured
+
+
+async def test_fakes_keep_the_shards_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PG_SHARDS_PLACEMENT", "shard_a")
+    monkeypatch.setenv("PG_SHARDS_COUNT", "4")
+    monkeypatch.setenv("POSTGRES_SHARD_A_DSN", "postgresql://u@127.0.0.1:9/nowhere")
+    container = ShardedApp()
+    with override_with_fakes(container):
+        await start_databases(container)  # nothing opens, nothing fails
+        with pytest.raises(PoolClosedError):
+            container.sharded().for_key(1)
+        await stop_databases(container)
