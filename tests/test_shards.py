@@ -310,6 +310,10 @@ async def test_fan_out_results_merges_and_subsets(app: ShardedApp) -> None:
     assert (await sharded.fan_out().run(per_shard)).sum() == 60
     with pytest.raises(ShardRoutingError, match="holds no logical shard"):
         sharded.fan_out(databases=["main"])
+    with pytest.raises(ValueError, match="no shard"):
+        sharded.fan_out(shards=[])
+    with pytest.raises(ShardRoutingError, match="no logical shard 99"):
+        sharded.fan_out(shards=[99])
 
 
 @pytest.mark.fault

@@ -219,7 +219,9 @@ class ShardedClient:
         ``PG_SHARDS_FANOUT_TIMEOUT_SEC`` and ``PG_SHARDS_FANOUT_CONCURRENCY``.
         Inside a locked ``sharded.key(...)`` block a fan-out raises
         ``ShardRoutingError``; inside a shard transaction a writing one
-        raises ``CrossShardWriteError``.
+        raises ``CrossShardWriteError``. ``ValueError`` when given both
+        ``shards`` and ``databases``, or a selection of no shard;
+        ``ShardRoutingError`` for an unknown shard number or database.
         """
         settings = self._set.settings
         targets = self._targets(shards, databases)
@@ -247,4 +249,6 @@ class ShardedClient:
             chosen = {str(self._set.physical(name)[0].database) for name in databases}
         else:
             return self._set.physical()
+        if not chosen:
+            raise ValueError("fan_out() was given no shard to ask")
         return [target for target in self._set.physical() if str(target.database) in chosen]
