@@ -85,6 +85,18 @@ def test_demo_routes_each_database_to_its_own_server() -> None:
     ]
     assert re.search(r"^  updated GB; the invalidation arrived after [\d.]+ ms$", out, re.M)
 
+    # Sharding: writes routed by key, a misrouted row refused, a fan-out read merged.
+    routed = re.findall(
+        r"^  user (\d+)\s+\w+\s+-> logical shard (\d+)\s+on (shard_\w)$", out, re.M
+    )
+    assert len(routed) == 5
+    assert {database for _, _, database in routed} == {"shard_a", "shard_b"}
+    assert re.search(
+        r"^  user 99 sent to shard_\w instead of shard_\w: refused \(no partition", out, re.M
+    )
+    assert "  merged, the three largest balances: alan 120.00, ada 100.00, edsger 90.00" in out
+    assert "  sum over 2 of 2 shards: 435.00" in out
+
     assert out.splitlines()[-1] == "done: every pool closed, every server stopped and deleted."
 
 

@@ -24,12 +24,13 @@ LAYERS = {
     "pool": 3,
     "resilience": 4,
     "client": 5,
-    "health": 6,
-    "di": 7,
-    "testing": 8,
-    "cli": 9,
-    "__init__": 10,
-    "__main__": 10,
+    "shards": 6,
+    "health": 7,
+    "di": 8,
+    "testing": 9,
+    "cli": 10,
+    "__init__": 11,
+    "__main__": 11,
 }
 
 

@@ -37,18 +37,32 @@ from wellwon_db.di._providers import (
     database_providers,
     replica_providers,
 )
+from wellwon_db.di._shards import ShardProviders, shard_providers
 from wellwon_db.di._typed import typed_factory
 from wellwon_db.errors import (
     CircuitOpenError,
     ConfigurationError,
+    CrossShardWriteError,
     DatabaseUnavailableError,
+    InvalidShardKeyError,
+    PartialResultError,
     PoolClosedError,
     PoolTimeoutError,
+    ShardRoutingError,
     WellwonDBError,
 )
 from wellwon_db.health._health import DatabaseHealth, HealthChecker, HealthReport
 from wellwon_db.pool._pool import DatabasePool, PoolState
 from wellwon_db.resilience._breaker import BreakerState, BreakerTransition, CircuitBreaker
+from wellwon_db.shards._citus import citus_pool_max_size, citus_shard_range
+from wellwon_db.shards._client import ShardedClient
+from wellwon_db.shards._fanout import FanOut, FanOutResult
+from wellwon_db.shards._ids import GlobalId, decode_id
+from wellwon_db.shards._map import ShardMap
+from wellwon_db.shards._migrate import Migration, MigrationReport, load_migrations, migrate_shards
+from wellwon_db.shards._routing import ShardClient, current_shard_key
+from wellwon_db.shards._set import ShardSet
+from wellwon_db.shards._settings import ShardSettings
 
 __all__ = [
     "BreakerConfig",
@@ -58,6 +72,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
+    "CrossShardWriteError",
     "Database",
     "DatabaseClient",
     "DatabaseContainer",
@@ -66,10 +81,17 @@ __all__ = [
     "DatabaseProviders",
     "DatabaseSpec",
     "DatabaseUnavailableError",
+    "FanOut",
+    "FanOutResult",
+    "GlobalId",
     "HealthChecker",
     "HealthReport",
+    "InvalidShardKeyError",
     "MainDB",
     "MainReplicaDB",
+    "Migration",
+    "MigrationReport",
+    "PartialResultError",
     "PoolClosedError",
     "PoolConfig",
     "PoolState",
@@ -80,13 +102,24 @@ __all__ = [
     "ReferenceReplicaDB",
     "ReplicaProviders",
     "RetryConfig",
+    "ShardClient",
+    "ShardMap",
+    "ShardProviders",
+    "ShardRoutingError",
+    "ShardSet",
+    "ShardSettings",
+    "ShardedClient",
     "TransactionScope",
     "WellwonDBError",
     "check_health",
+    "citus_pool_max_size",
+    "citus_shard_range",
     "close_pools",
+    "current_shard_key",
     "database_lifespan",
     "database_providers",
     "declare_database",
+    "decode_id",
     "execute_for_db",
     "fetch_for_db",
     "fetchrow_for_db",
@@ -94,9 +127,12 @@ __all__ = [
     "get_postgres_config",
     "get_postgres_dsn_for_db",
     "init_pool_for_db",
+    "load_migrations",
+    "migrate_shards",
     "read_after",
     "replica_providers",
     "resolve",
+    "shard_providers",
     "start_databases",
     "stop_databases",
     "typed_factory",

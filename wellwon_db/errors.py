@@ -6,8 +6,12 @@ The tree::
      ├── ConfigurationError          (also a RuntimeError) a setting is missing or wrong
      ├── PoolClosedError             (also a RuntimeError) a client or pool used after close
      ├── PoolTimeoutError            (also a TimeoutError) no connection within the acquire timeout
-     └── DatabaseUnavailableError    the database cannot be reached
-          └── CircuitOpenError       the breaker is open; raised without touching the network
+     ├── DatabaseUnavailableError    the database cannot be reached
+     │    └── CircuitOpenError       the breaker is open; raised without touching the network
+     ├── ShardRoutingError           a sharded call has no shard, or would leave its shard
+     │    ├── InvalidShardKeyError   (also a ValueError) a key of the wrong type or range
+     │    └── CrossShardWriteError   a write to a second shard inside a transaction
+     └── PartialResultError          a fan-out that did not hear from every shard
 
 PostgreSQL's own errors (unique violation, syntax error, serialization
 failure, ...) reach the caller unchanged as ``asyncpg.PostgresError``
@@ -25,9 +29,13 @@ from __future__ import annotations
 __all__ = [
     "CircuitOpenError",
     "ConfigurationError",
+    "CrossShardWriteError",
     "DatabaseUnavailableError",
+    "InvalidShardKeyError",
+    "PartialResultError",
     "PoolClosedError",
     "PoolTimeoutError",
+    "ShardRoutingError",
     "WellwonDBError",
 ]
 
@@ -109,3 +117,37 @@ class PoolTimeoutError(WellwonDBError, TimeoutError):
         self.max_size = max_size
         self.waiters = waiters
         self.timeout = timeout
+
+
+class ShardRoutingError(WellwonDBError):
+    """A sharded call cannot be routed: it has no key, names an unknown shard, or leaves
+    the shard its block is locked to. The message says what to do instead."""
+
+
+class InvalidShardKeyError(ShardRoutingError, ValueError):
+    """A shard key of a type the shard map does not hash, or out of the column type's range."""
+
+
+class CrossShardWriteError(ShardRoutingError):
+    """A write to one logical shard while a transaction on another is open in this task.
+
+    ``open_shard`` is the transaction's logical shard, ``shard`` the one written to
+    (``None`` for a fan-out). No statement was sent.
+    """
+
+    def __init__(self, message: str, *, open_shard: int, shard: int | None) -> None:
+        super().__init__(message)
+        self.open_shard = open_shard
+        self.shard = shard
+
+
+class PartialResultError(WellwonDBError):
+    """A fan-out did not get an answer from every shard it asked (``allow_partial=False``).
+
+    ``result`` holds what did arrive: the answers per shard, and the error of each
+    shard that failed or did not answer within the timeout.
+    """
+
+    def __init__(self, message: str, *, result: object) -> None:
+        super().__init__(message)
+        self.result = result

@@ -12,6 +12,8 @@
     the Grafana dashboard JSON and the Prometheus alert rules (YAML).
 ``cache install TABLE... [--database NAME] [--print-sql]``
     the result cache's invalidation triggers.
+``shards migrate DIRECTORY [--dry-run] [--json] [--env-file PATH]``
+    SQL migrations on every physical shard, resumable (exit 1 while incomplete).
 
 A missing or malformed setting exits with :data:`EXIT_CONFIG` (78) and a
 message naming the variable. argparse's own usage error is exit 2 too, the
@@ -35,6 +37,12 @@ from dependency_injector import providers
 
 from wellwon_db.cli._cache_command import add_cache_parser, run_cache_install
 from wellwon_db.cli._monitoring_command import add_monitoring_parser, run_monitoring
+from wellwon_db.cli._shards_command import (
+    add_shards_parser,
+    format_shard_map,
+    run_shards_migrate,
+    shard_map_section,
+)
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.config._registry import DatabaseName, is_declared, spec_for
 from wellwon_db.config._report import ConfigReport, build_config_report
@@ -75,7 +83,8 @@ _CLOSE_TIMEOUT = 1.0
 _EXIT_CODES_HELP = """\
 exit codes:
   0   ok (health: every database is ok)
-  1   health: degraded (a database is degraded, or an optional one is down)
+  1   health: degraded (a database is degraded, or an optional one is down);
+      shards migrate: a shard failed or could not be reached (run again to resume)
   2   health: down (a required database is down); also a usage error
   69  demo: a database or the PostgreSQL binaries are unavailable
   78  a setting is missing or malformed (the message names the variable)
@@ -117,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_cache_parser(commands)
     add_monitoring_parser(commands)
+    add_shards_parser(commands)
     for command in (health, config):
         command.add_argument("--json", action="store_true", help="print JSON instead of a table")
         command.add_argument(
@@ -148,6 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.database,
                     args.tables,
                     print_sql=args.print_sql,
+                )
+            )
+        elif args.command == "shards":
+            return asyncio.run(
+                run_shards_migrate(
+                    _env_file(args.env_file),
+                    args.directory,
+                    dry_run=args.dry_run,
+                    as_json=args.json,
                 )
             )
     except ConfigurationError as exc:
@@ -335,7 +354,11 @@ def run_config(
     """
     config = PostgresConfig.load(env_file=env_file)
     report = build_config_report(config, env_file)
-    out(json.dumps(report.to_dict(), indent=2) if as_json else format_config(report))
+    shards = shard_map_section(env_file, config)
+    if as_json:
+        out(json.dumps({**report.to_dict(), **({"shards": shards} if shards else {})}, indent=2))
+    else:
+        out(format_config(report) + (format_shard_map(shards) if shards else ""))
     missing = [ConfigurationError(error) for error in report.errors.values()]
     for database in report.databases:
         settings = config.settings_for(database)

@@ -1,4 +1,8 @@
-"""``wellwon-db demo``: embedded servers (main, its replica, reference), one container."""
+"""``wellwon-db demo``: embedded servers (main, its replica, reference), one container.
+
+The two shards of the sharding part are databases on the main and reference
+servers (no server of their own, so the demo starts no more of them).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,14 @@ import contextvars
 import time
 from collections.abc import Callable
 
+from dependency_injector import providers
+
+from wellwon_db.cli._demo_shards import sharding_tour
 from wellwon_db.client._client import MainDB, ReferenceDB
 from wellwon_db.client._readonly import MainReplicaDB
 from wellwon_db.config._config import PostgresConfig
 from wellwon_db.di._container import DatabaseContainer, database_lifespan
+from wellwon_db.di._shards import shard_providers
 from wellwon_db.testing._server import PostgresServer
 
 __all__ = ["run_demo"]
@@ -20,7 +28,18 @@ _DEMO_SETTINGS: dict[str, dict[str, float]] = {
     "main": {"pool_min_size": 4, "pool_max_size": 8},
     "reference": {"pool_min_size": 2, "pool_max_size": 3, "pool_command_timeout_sec": 5},
     "main_replica": {"pool_min_size": 1, "pool_max_size": 2, "lag_check_sec": 0.1},
+    "shard_a": {"pool_min_size": 1, "pool_max_size": 2},
+    "shard_b": {"pool_min_size": 1, "pool_max_size": 2},
 }
+
+
+class _DemoContainer(DatabaseContainer):
+    """The library's container with a sharded client, as an application declares one."""
+
+    shard_values = providers.Configuration(strict=False)
+    shard_settings, shard_set, shard_pools, sharded = shard_providers(
+        DatabaseContainer.config, values=shard_values
+    )
 
 
 class InsufficientFunds(Exception):
@@ -35,26 +54,31 @@ async def run_demo(out: Callable[[str], None] = print) -> None:
     with main_server, PostgresServer("reference") as ref_server:
         main_dsn = main_server.create_database("wellwon_main")
         ref_dsn = ref_server.create_database("wellwon_reference")
+        shard_a_dsn = main_server.create_database("wellwon_shard_a")
+        shard_b_dsn = ref_server.create_database("wellwon_shard_b")
         with PostgresServer.standby_of(main_server, "main-replica") as replica_server:
             replica_dsn = replica_server.dsn("wellwon_main")
             out(f"  main         on {main_server.host}:{main_server.port}")
             out(f"  main replica on {replica_server.host}:{replica_server.port}")
             out(f"  reference    on {ref_server.host}:{ref_server.port}")
-            container = DatabaseContainer()
+            container = _DemoContainer()
             container.settings.from_dict(
                 {
                     "main": {**_DEMO_SETTINGS["main"], "dsn": main_dsn},
                     "reference": {**_DEMO_SETTINGS["reference"], "dsn": ref_dsn},
                     "main_replica": {**_DEMO_SETTINGS["main_replica"], "dsn": replica_dsn},
+                    "shard_a": {**_DEMO_SETTINGS["shard_a"], "dsn": shard_a_dsn},
+                    "shard_b": {**_DEMO_SETTINGS["shard_b"], "dsn": shard_b_dsn},
                 }
             )
+            container.shard_values.from_dict({"placement": "shard_a shard_b", "count": 16})
             await _tour(container, replica_server, out)
             out("stopping the servers ...")
     out("done: every pool closed, every server stopped and deleted.")
 
 
 async def _tour(
-    container: DatabaseContainer, replica_server: PostgresServer, out: Callable[[str], None]
+    container: _DemoContainer, replica_server: PostgresServer, out: Callable[[str], None]
 ) -> None:
     config: PostgresConfig = container.config()
     out("\nsettings from code over the environment (each database its own):")
@@ -122,6 +146,7 @@ async def _tour(
 
         await _replicas(main, container.main_replica_db(), replica_server, out)
         await _cache(reference, out)
+        await sharding_tour(container.sharded(), out)
         out("\nshutting the pools down ...")
 
 

@@ -8,7 +8,8 @@ declared database's infix that it is most likely a typo of it. Everything
 else in our namespace that is not a setting is a typo, reported with the
 closest setting: ``PG_POL_MAX_SIZE``, ``PG_REFERENCE_POOL_MAXSIZE``,
 ``PG_REFRENCE_POOL_MAX_SIZE``, ``POSTGRES_MAIN_DSN``. Variables of other
-tools (``POSTGRES_PASSWORD``, ``PGHOST``, ``PG_COLOR``) are left alone.
+tools (``POSTGRES_PASSWORD``, ``PGHOST``, ``PG_COLOR``) are left alone, and so
+are the shard map's ``PG_SHARDS_*``, which the shard settings check themselves.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ _GROUP = "|".join(GROUPS)
 _MAIN_VAR: Final = re.compile(rf"^PG_(?:{_GROUP})_[A-Z0-9_]+$")
 _DB_VAR: Final = re.compile(rf"^PG_(?P<db>[A-Z][A-Z0-9_]*?)_(?:{_GROUP})_[A-Z0-9_]+$")
 _DSN_VAR: Final = re.compile(r"^POSTGRES_(?P<db>[A-Z][A-Z0-9_]*)_DSN$")
+
+#: Prefixes of variables that are not per-database settings (checked where they are read).
+OTHER_PREFIXES: Final = ("PG_SHARDS_",)
 
 #: How close an unknown infix must be to a declared one to count as its typo.
 _INFIX_CUTOFF: Final = 0.75
@@ -74,7 +78,7 @@ def check_variables(
     undeclared_vars: dict[str, list[str]] = {}
     problems: list[tuple[str, str]] = []
     for name in environ:
-        if name in known:
+        if name in known or name.startswith(OTHER_PREFIXES):
             continue
         hint = _closest(name, known)
         main_form = _MAIN_VAR.match(name) is not None

@@ -45,6 +45,7 @@ from wellwon_db.di._providers import (
     database_providers,
     replica_providers,
 )
+from wellwon_db.di._shards import open_physical_shards, shard_members
 from wellwon_db.health._health import HealthChecker, HealthReport
 
 __all__ = [
@@ -85,6 +86,8 @@ def health_checker(container: ContainerLike) -> HealthChecker:
     clients = {
         str(member.name): member.client() for member in members if member.client is not None
     }
+    for shard in open_physical_shards(container):  # each physical shard is a database
+        slots[str(shard.database)], clients[str(shard.database)] = shard.slot, shard.client
     return HealthChecker(config, slots, clients)
 
 
@@ -173,8 +176,16 @@ async def _maybe_await(value: object) -> None:
         await value
 
 
+async def _init(resource: providers.Resource[Any]) -> None:
+    # init() may raise before returning an awaitable (a dependency failing to resolve);
+    # inside a coroutine that is one more result for gather, not an escape past the
+    # clean-up of the pools that did start.
+    await _maybe_await(resource.init())
+
+
 async def start_databases(container: ContainerLike) -> None:
-    """Open every database pool of ``container`` concurrently (embedded containers included).
+    """Open every database pool of ``container`` concurrently (embedded containers included),
+    and the pools of each physical shard of its sharded clients (``shard_providers``).
 
     ``container`` is a :class:`DatabaseContainer`, one embedded with
     ``providers.Container``, or an application container holding either:
@@ -184,8 +195,10 @@ async def start_databases(container: ContainerLike) -> None:
     started container does nothing.
     """
     members = database_members(container)
+    resources = [member.pool for member in members]
+    resources += [shards.pools for shards in shard_members(container)]
     results = await asyncio.gather(
-        *(_maybe_await(member.pool.init()) for member in members), return_exceptions=True
+        *(_init(resource) for resource in resources), return_exceptions=True
     )
     errors = [result for result in results if isinstance(result, BaseException)]
     if errors:
@@ -196,7 +209,7 @@ async def start_databases(container: ContainerLike) -> None:
 
 
 async def stop_databases(container: ContainerLike) -> None:
-    """Close every database pool of ``container`` (and nothing else).
+    """Close every database pool of ``container``, shards' included (and nothing else).
 
     Clients stay valid: after :func:`start_databases` they use the new pools,
     with the settings read again. Pools close concurrently; an error closing
@@ -204,11 +217,16 @@ async def stop_databases(container: ContainerLike) -> None:
     nothing.
     """
     members = database_members(container)
+    sharded = shard_members(container)
     resources = [member.pool for member in members if member.pool.initialized]
+    resources += [shards.pools for shards in sharded if shards.pools.initialized]
     results = await asyncio.gather(
         *(_maybe_await(resource.shutdown()) for resource in resources), return_exceptions=True
     )
     _forget_settings(members)
+    for shards in sharded:
+        if isinstance(shards.settings, providers.Singleton):
+            shards.settings.reset()  # read PG_SHARDS_* again at the next start
     errors = [result for result in results if isinstance(result, BaseException)]
     if errors:
         raise errors[0]

@@ -218,6 +218,21 @@ CACHE_INVALIDATION_LAG: Final = Metric(
     "Time from a table change's statement to this process dropping its cached results.",
     ("wellwon.db.database",),
 )
+FANOUT_SHARDS: Final = Metric(
+    "wellwon.db.shards.fanout.shards",
+    "counter",
+    "{shard}",
+    "Physical shards asked by fan-outs, by outcome: answered, failed (an error) or timed_out "
+    "(no answer within the fan-out's timeout); shards asked is their sum.",
+    ("wellwon.db.database", "wellwon.db.shards.outcome"),
+)
+FANOUT_DURATION: Final = Metric(
+    "wellwon.db.shards.fanout.duration",
+    "histogram",
+    "s",
+    "Duration of fan-outs over the shards, by whether every shard answered.",
+    ("wellwon.db.shards.complete",),
+)
 
 #: Every metric, in the order the docs list them.
 ALL: Final = (
@@ -242,4 +257,6 @@ ALL: Final = (
     REPLICA_LAG_BYTES,
     CACHE_EVENTS,
     CACHE_INVALIDATION_LAG,
+    FANOUT_SHARDS,
+    FANOUT_DURATION,
 )

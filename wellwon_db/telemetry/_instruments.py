@@ -32,6 +32,7 @@ __all__ = [
     "meter",
     "operation_duration",
     "record_breaker_transition",
+    "record_fan_out",
     "record_invalidation_lag",
     "record_refused",
     "record_retry",
@@ -134,6 +135,8 @@ _slow = _counter(catalog.SLOW_QUERIES)
 _retries = _counter(catalog.RETRIES)
 _transitions = _counter(catalog.BREAKER_TRANSITIONS)
 _routes = _counter(catalog.REPLICA_READS)
+_fanout_shards = _counter(catalog.FANOUT_SHARDS)
+_fanout_duration = _histogram(catalog.FANOUT_DURATION)
 
 _pools: weakref.WeakSet[Any] = weakref.WeakSet()
 _breakers: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -250,6 +253,17 @@ def record_route(database: str, target: str, reason: str) -> None:
 def record_invalidation_lag(database: str, seconds: float) -> None:
     """A change notification reached this process ``seconds`` after its statement."""
     cache_lag.record(seconds, _cached("wellwon.db.database", str(database)))
+
+
+def record_fan_out(outcomes: Iterable[tuple[str, str]], seconds: float, complete: bool) -> None:
+    """A fan-out ended: ``(database, outcome)`` per shard asked, its duration, completeness."""
+    for database, outcome in outcomes:
+        _fanout_shards.add(
+            1, _cached("wellwon.db.database", database, "wellwon.db.shards.outcome", outcome)
+        )
+    _fanout_duration.record(
+        seconds, _cached("wellwon.db.shards.complete", "true" if complete else "false")
+    )
 
 
 # -- observable instruments ---------------------------------------------------------

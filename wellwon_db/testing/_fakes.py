@@ -17,6 +17,7 @@ from wellwon_db.client._declared import DeclaredClient
 from wellwon_db.client._readonly import MainReplicaDB, ReadOnlyClient, ReferenceReplicaDB
 from wellwon_db.config._registry import Database, database_name
 from wellwon_db.di._providers import ContainerLike, database_members
+from wellwon_db.di._shards import shard_members
 from wellwon_db.errors import ConfigurationError
 from wellwon_db.testing._fake_clients import (
     FakeDatabaseClient,
@@ -146,7 +147,8 @@ def override_with_fakes(
     ``container`` is a ``DatabaseContainer``, an embedded one (``app.db``),
     or an application container holding database providers (an application's
     own databases included). Inside the block no pool opens, whatever the
-    environment says; on leaving it the real providers are back.
+    environment says (a sharded client's shards neither: override the sharded
+    client itself to fake it); on leaving it the real providers are back.
     """
     fakes = fakes or FakeDatabases()
     overridden: list[providers.Provider[Any]] = []
@@ -159,6 +161,9 @@ def override_with_fakes(
                 overridden.append(member.client)
             member.pool.override(providers.Object(None))
             overridden.append(member.pool)
+        for shards in shard_members(container):  # sharded clients: their shards stay closed
+            shards.pools.override(providers.Object(None))
+            overridden.append(shards.pools)
         yield fakes
     finally:
         for provider in reversed(overridden):
