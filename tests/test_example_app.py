@@ -54,8 +54,9 @@ def _environment(main: PostgresServer, reference: PostgresServer) -> dict[str, s
         "POSTGRES_REFERENCE_DSN": reference.dsn("app_reference"),
         "PG_POOL_MIN_SIZE": "1",
         "PG_POOL_MAX_SIZE": "10",
+        # No WEB_CONCURRENCY (uvicorn does not set it): the workers read
+        # `--workers` off uvicorn's command line to divide the budget.
         "PG_POOL_BUDGET": str(MAIN_BUDGET),
-        "WEB_CONCURRENCY": str(WORKERS),
         "PG_REFERENCE_POOL_MIN_SIZE": "1",
         "PG_REFERENCE_POOL_MAX_SIZE": str(MAX_SIZE),
     }

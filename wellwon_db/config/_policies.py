@@ -8,14 +8,18 @@ them reads settings or environment variables itself.
 from __future__ import annotations
 
 import dataclasses
-import os
+import functools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from wellwon_db.config._registry import DatabaseName
 from wellwon_db.config._settings import DatabaseSettings, ResetPolicy, env_var_name
+from wellwon_db.config._workers import worker_count
 from wellwon_db.errors import ConfigurationError
+
+logger = logging.getLogger("wellwon_db.pool")
 
 __all__ = ["BreakerConfig", "HealthConfig", "PoolConfig", "RetryConfig", "TelemetryConfig"]
 
@@ -83,6 +87,9 @@ class PoolConfig:
     exhaustion_warn: float = 5.0
     exhaustion_utilisation: float = 90.0
     workers: int = 1
+    #: Where ``workers`` came from: ``setting``, ``WEB_CONCURRENCY``,
+    #: ``<server> --workers`` (the parent's command line) or ``assumed``.
+    workers_source: str = "assumed"
     budget: int = 0
     capacity_check: Literal["warn", "refuse", "off"] = "warn"
     drain_timeout: float = 10.0
@@ -98,7 +105,18 @@ class PoolConfig:
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> PoolConfig:
         """Build from one database's settings (and ``WEB_CONCURRENCY`` for the workers)."""
-        workers = settings.pool_workers or _web_concurrency()
+        if settings.pool_workers:
+            workers, workers_source = settings.pool_workers, "setting"
+        else:
+            found = worker_count()
+            workers, workers_source = found.count, found.source
+            if settings.pool_budget and found.server is not None:
+                _warn_undividable_budget(
+                    str(settings.database),
+                    env_var_name(type(settings), "pool_budget"),
+                    env_var_name(type(settings), "pool_workers"),
+                    found.server,
+                )
         max_size, min_size = settings.pool_max_size, settings.pool_min_size
         if settings.pool_budget:
             share = settings.pool_budget // workers
@@ -131,6 +149,7 @@ class PoolConfig:
             exhaustion_warn=settings.pool_exhaustion_warn_sec,
             exhaustion_utilisation=settings.pool_exhaustion_utilisation,
             workers=workers,
+            workers_source=workers_source,
             budget=settings.pool_budget,
             capacity_check=settings.pool_capacity_check,
             drain_timeout=settings.pool_drain_timeout_sec,
@@ -145,22 +164,20 @@ class PoolConfig:
         )
 
 
-def _web_concurrency() -> int:
-    """Workers per ``WEB_CONCURRENCY`` (uvicorn/gunicorn's convention), else 1."""
-    raw = os.environ.get("WEB_CONCURRENCY", "").strip()
-    if not raw:
-        return 1
-    try:
-        workers = int(raw)
-    except ValueError:
-        workers = 0
-    if workers < 1:
-        raise ConfigurationError(
-            f"WEB_CONCURRENCY={raw!r} is not a positive number of workers; fix it or set "
-            "PG_POOL_WORKERS / PG_REFERENCE_POOL_WORKERS",
-            env_var="WEB_CONCURRENCY",
-        )
-    return workers
+@functools.cache
+def _warn_undividable_budget(
+    database: str, budget_var: str, workers_var: str, server: str
+) -> None:
+    """Once per database and process: the budget cannot be divided among unknown workers."""
+    logger.warning(
+        "%s is set for the %s database, but this process is a %s worker and the number of "
+        "workers is unknown (no WEB_CONCURRENCY, no --workers on the command line): each "
+        "worker takes the whole budget. Set WEB_CONCURRENCY or %s to the number of workers.",
+        budget_var,
+        database,
+        server,
+        workers_var,
+    )
 
 
 @dataclass(frozen=True, slots=True)

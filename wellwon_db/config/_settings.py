@@ -189,7 +189,10 @@ class DatabaseSettings(BaseSettings):
         default=None,
         ge=1,
         le=10_000,
-        description="Worker processes sharing the budget; default WEB_CONCURRENCY, else 1.",
+        description=(
+            "Worker processes sharing the budget; default WEB_CONCURRENCY, else the parent "
+            "server's --workers, else 1."
+        ),
     )
     pool_capacity_check: Literal["warn", "refuse", "off"] = Field(
         default="warn",
