@@ -11,7 +11,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError
@@ -60,6 +60,7 @@ async def run_guarded(
     after a retryable failure the policy runs the next ones (``first=False``).
     """
     pool = slot.get()
+    leases = pool.leases
     telemetry = pool.telemetry
     span = telemetry.start(query, batch=batch)
     started = _monotonic()
@@ -70,30 +71,40 @@ async def run_guarded(
         telemetry.finish(span, query, started, exc, batch=batch)
         raise
     try:
-        connection = pool.take_idle() or await pool.acquire_slow(started)
+        holder = leases.lease_nowait() or await leases.lease(started)
     except BaseException as exc:
         record_outcome(breaker, exc, started)
         telemetry.finish(span, query, started, exc, batch=batch)
         if first and _may_retry(slot, exc, idempotent):
             return await _retry(slot, call, query, args, timeout, idempotent, batch, exc, started)
         raise
+    if timeout is None:
+        leases.watch(holder, started)  # the pool's watchdog times it (see _connector.py)
     effect = SessionEffect.NONE
     try:
         if span is not None:
             telemetry.waited(span, _monotonic() - started)
         effect = session_effect(query)
-        result = await call(connection, query, args, timeout)
+        result = await call(cast(Connection, holder.connection), query, args, timeout)
     except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError) and leases.timed_out(holder):
+            # The watchdog's cancellation: the statement ran past the command timeout.
+            timed_out = leases.timeout_error()
+            record_outcome(breaker, timed_out, started)
+            telemetry.finish(span, query, started, timed_out, batch=batch)
+            # The server's cancellation may still be settling: release in the background.
+            leases.release_in_background(holder, effect)
+            raise timed_out from None
         error = _translate(exc, pool.database, "running a query")
         record_outcome(breaker, error, started)
         telemetry.finish(span, query, started, error, batch=batch)
         if isinstance(exc, asyncio.CancelledError):
             # The statement may still be in flight: don't make a cancelled caller wait.
-            pool.release_soon(connection, effect)
+            leases.release_in_background(holder, effect)
             raise
         if isinstance(error, DatabaseUnavailableError):
             effect = SessionEffect.BROKEN  # the connection is not to be trusted again
-        await pool.release_connection(connection, effect)
+        await leases.release(holder, effect)
         if first and _may_retry(slot, error, idempotent):
             if error is not exc:
                 error.__cause__ = exc  # as `raise error from exc`, should it be re-raised
@@ -107,8 +118,8 @@ async def run_guarded(
     # the connection goes back still frees its half-open probe.
     breaker.record_success(_monotonic() - started)
     telemetry.finish(span, query, started, batch=batch)
-    if not pool.give_back(connection, effect):
-        await pool.finish_release(connection, effect)
+    if not leases.release_nowait(holder, effect):
+        await leases.release(holder, effect)
     return result
 
 

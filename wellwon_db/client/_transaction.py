@@ -24,6 +24,7 @@ from wellwon_db.pool._failures import translate_error
 from wellwon_db.pool._pool import Connection, DatabasePool
 from wellwon_db.pool._raw import RawConnection
 from wellwon_db.pool._session import SessionEffect, session_effect
+from wellwon_db.pool._slots import Holder
 from wellwon_db.resilience._retry import is_transaction_retryable
 from wellwon_db.telemetry._telemetry import PoolTelemetry
 
@@ -176,6 +177,7 @@ class Transaction:
 
     __slots__ = (
         "_connection",
+        "_holder",
         "_options",
         "_pool",
         "_scope",
@@ -198,6 +200,7 @@ class Transaction:
         self._pool: DatabasePool | None = None
         self._options = (isolation, readonly, deferrable)
         self._connection: Connection | None = None
+        self._holder: Holder[Connection] | None = None
         self._scope: TransactionScope | None = None
         self._tx: Any = None
         self._started = 0.0
@@ -217,12 +220,15 @@ class Transaction:
             self._end_span("refused", exc)
             raise
         self._started = started = time.monotonic()
+        leases = pool.leases
         try:
-            connection = pool.take_idle() or await pool.acquire_slow(started)
+            holder = leases.lease_nowait() or await leases.lease(started)
         except BaseException as exc:
             record_outcome(breaker, exc, started)
             self._end_span("not started", exc)
             raise
+        # A transaction runs statements the pool does not watch: asyncpg times them.
+        connection = leases.lend(holder)
         isolation, readonly, deferrable = self._options
         try:
             tx = connection.transaction(
@@ -232,9 +238,10 @@ class Transaction:
         except BaseException as exc:
             # asyncpg may still count a transaction as open: reset fully.
             if isinstance(exc, asyncio.CancelledError):
-                pool.release_soon(connection, SessionEffect.RESET)  # BEGIN may be in flight
+                # BEGIN may be in flight.
+                leases.release_in_background(holder, SessionEffect.RESET)
             else:
-                await pool.release_connection(connection, SessionEffect.RESET)
+                await leases.release(holder, SessionEffect.RESET)
             # Nothing ran: a failed BEGIN is safe to retry.
             error = translate_error(
                 exc, pool.database, "starting a transaction", may_have_run=False
@@ -245,6 +252,7 @@ class Transaction:
                 raise
             raise error from exc
         self._connection = connection
+        self._holder = holder
         self._tx = tx
         self._scope = TransactionScope(connection, pool.database, self, pool.telemetry)
         return self._scope
@@ -257,9 +265,10 @@ class Transaction:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
-        connection, pool = self._connection, self._pool
-        if connection is None or pool is None:
+        holder, pool = self._holder, self._pool
+        if holder is None or pool is None:
             raise RuntimeError("Transaction.__aexit__ called without __aenter__")
+        leases = pool.leases
         breaker = self._slot.breaker
         if self._scope is not None:
             self._scope._end()  # statements after the block must not reach the pool's connection
@@ -270,7 +279,7 @@ class Transaction:
             self._end_span("cancelled", exc)
             # Rolled back and reset in the background: asyncpg's own record of
             # the open transaction must go too, or the next lease nests in it.
-            pool.release_soon(connection, max(self.effect, SessionEffect.RESET))
+            leases.release_in_background(holder, max(self.effect, SessionEffect.RESET))
             return
         try:
             if exc is None:
@@ -300,13 +309,13 @@ class Transaction:
             # in flight and its outcome is unknown, so the connection is
             # terminated in the background and the caller does not wait.
             self._end_span("cancelled", None)
-            pool.release_soon(connection, SessionEffect.BROKEN)
+            leases.release_in_background(holder, SessionEffect.BROKEN)
             raise
         except BaseException:
             self._end_span("cancelled", None)
-            await pool.release_connection(connection, max(self.effect, SessionEffect.RESET))
+            await leases.release(holder, max(self.effect, SessionEffect.RESET))
             raise
-        await pool.release_connection(connection, self.effect)
+        await leases.release(holder, self.effect)
 
     def __repr__(self) -> str:
         return f"<Transaction {self._slot.database.value} options={self._options}>"

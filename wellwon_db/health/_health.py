@@ -236,8 +236,8 @@ class HealthChecker:
         except Exception as exc:
             error = describe_error(exc)
         pool = slot.pool
-        stats = pool.get_stats() if pool is not None else {}
-        breaker = slot.breaker.snapshot()
+        stats: dict[str, Any] = dict(pool.get_stats()) if pool is not None else {}
+        breaker: dict[str, Any] = dict(slot.breaker.snapshot())
         return DatabaseHealth(
             database=database.value,
             status=database_status(error is None, str(breaker["state"]), stats),

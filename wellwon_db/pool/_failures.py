@@ -11,7 +11,6 @@ from typing import Final
 
 import asyncpg
 
-from wellwon_db.config._database import Database
 from wellwon_db.errors import CircuitOpenError, DatabaseUnavailableError
 
 __all__ = ["is_availability_failure", "translate_error"]
@@ -36,7 +35,7 @@ _UNAVAILABLE: Final = (
 
 def translate_error(
     exc: BaseException,
-    database: Database,
+    database: str,
     where: str,
     *,
     may_have_run: bool = True,
@@ -45,16 +44,17 @@ def translate_error(
     """Map a connection-level failure to ``DatabaseUnavailableError``; others unchanged.
 
     ``TimeoutError`` (a command timeout) and PostgreSQL errors about the SQL
-    itself are returned as they are. The caller raises the result ``from exc``.
+    itself are returned as they are. ``database`` is the database's name. The
+    caller raises the result ``from exc``.
     """
     if isinstance(exc, TimeoutError) or not isinstance(exc, _UNAVAILABLE):
         return exc
     if isinstance(exc, asyncpg.InternalClientError):
         may_have_run = False
     return DatabaseUnavailableError(
-        f"the {database.value} database is unavailable ({where}): "
+        f"the {database} database is unavailable ({where}): "
         f"{type(exc).__name__}: {_safe_message(exc)}",
-        database=database.value,
+        database=str(database),
         may_have_run=may_have_run,
         during_commit=during_commit,
     )

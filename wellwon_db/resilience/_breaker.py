@@ -31,6 +31,7 @@ from typing import Any
 
 from wellwon_db.config._policies import BreakerConfig
 from wellwon_db.errors import CircuitOpenError
+from wellwon_db.resilience._snapshot import BreakerSnapshot
 
 __all__ = ["BreakerConfig", "BreakerState", "BreakerTransition", "CircuitBreaker"]
 
@@ -125,7 +126,7 @@ class CircuitBreaker:
         """Clock time of the next probe while OPEN, else ``None``."""
         return self._open_until if self._state is BreakerState.OPEN else None
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> BreakerSnapshot:
         """State and window counts with stable keys, for telemetry and health.
 
         ``retry_at`` is on the breaker's clock (``time.monotonic()``), only
