@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from wellwon_db.pool._slots import Holder, SlotError, Slots, Stage, Waiter, WaiterState
+from wellwon_db.pool._slots import BasicWaiter, Holder, SlotError, Slots, Stage, WaiterState
 
 
 def _open(slots: Slots[str], name: str, now: float = 0.0) -> Holder[str]:
@@ -28,7 +28,7 @@ def _full(max_size: int = 2) -> tuple[Slots[str], list[Holder[str]]]:
     return slots, holders
 
 
-class _Refusing(Waiter[str]):
+class _Refusing(BasicWaiter[str]):
     """A waiter whose caller gave up before it could withdraw (its future is cancelled)."""
 
     def set(self, grant: Holder[str]) -> bool:
@@ -102,29 +102,31 @@ def test_a_caller_may_queue_only_when_nothing_is_assignable() -> None:
     slots: Slots[str] = Slots(2)
     _open(slots, "c0")
     with pytest.raises(SlotError, match="slot was free"):
-        slots.wait(Waiter(1.0))  # a free slot
+        slots.wait(BasicWaiter(1.0))  # a free slot
     holder = _open(slots, "c1")
     slots.put_back(holder, 0.0)
     with pytest.raises(SlotError, match="connection or slot was free"):
-        slots.wait(Waiter(1.0))  # an idle connection
+        slots.wait(BasicWaiter(1.0))  # an idle connection
 
 
 def test_a_released_connection_goes_to_the_first_waiter() -> None:
     slots, (holder, _) = _full()
-    first, second = Waiter[str](10.0), Waiter[str](10.0)
+    first, second = BasicWaiter[str](10.0), BasicWaiter[str](10.0)
     slots.wait(first)
     slots.wait(second)
     assert slots.waiting == 2
     slots.check()
     assert slots.put_back(holder, 1.0) is first
     assert (first.state, first.grant, holder.stage) == (WaiterState.SERVED, holder, Stage.LEASED)
+    # Handed over, never idle: it counts as known good from the hand-over on.
+    assert holder.idle_since == 1.0
     assert slots.idle == []
     slots.check()
 
 
 def test_a_waiter_that_gave_up_is_skipped_and_swallows_nothing() -> None:
     slots, (holder, _) = _full()
-    gone, next_one = _Refusing(10.0), Waiter[str](10.0)
+    gone, next_one = _Refusing(10.0), BasicWaiter[str](10.0)
     slots.wait(gone)
     slots.wait(next_one)
     assert slots.put_back(holder, 1.0) is next_one
@@ -143,7 +145,7 @@ def test_no_waiter_accepting_leaves_the_connection_idle() -> None:
 
 def test_a_freed_slot_goes_to_the_first_waiter_as_a_reservation() -> None:
     slots, (holder, _) = _full()
-    waiter = Waiter[str](10.0)
+    waiter = BasicWaiter[str](10.0)
     slots.wait(waiter)
     assert slots.drop(holder) is waiter
     grant = waiter.grant
@@ -158,7 +160,7 @@ def test_a_freed_slot_goes_to_the_first_waiter_as_a_reservation() -> None:
 def test_a_short_deadline_behind_a_long_one_expires_first() -> None:
     """Each waiter times out at its own deadline, whatever the queue order."""
     slots, _ = _full(1)
-    patient, hurried = Waiter[str](3.0), Waiter[str](0.3)
+    patient, hurried = BasicWaiter[str](3.0), BasicWaiter[str](0.3)
     slots.wait(patient)  # queued first, with the longer timeout
     slots.wait(hurried)
     assert slots.next_deadline() == 0.3
@@ -175,7 +177,7 @@ def test_a_short_deadline_behind_a_long_one_expires_first() -> None:
 
 def test_a_served_waiter_never_expires() -> None:
     slots, (holder, _) = _full(2)
-    waiter = Waiter[str](1.0)
+    waiter = BasicWaiter[str](1.0)
     slots.wait(waiter)
     slots.put_back(holder, 0.5)
     assert slots.expire(2.0) == []
@@ -184,7 +186,7 @@ def test_a_served_waiter_never_expires() -> None:
 
 def test_an_expired_waiter_is_not_served_later() -> None:
     slots, (holder, _) = _full(2)
-    waiter = Waiter[str](1.0)
+    waiter = BasicWaiter[str](1.0)
     slots.wait(waiter)
     slots.expire(1.0)
     assert slots.put_back(holder, 2.0) is None
@@ -198,7 +200,7 @@ def test_an_expired_waiter_is_not_served_later() -> None:
 
 def test_cancelled_while_waiting_leaves_the_queue() -> None:
     slots, (holder, _) = _full()
-    waiter = Waiter[str](10.0)
+    waiter = BasicWaiter[str](10.0)
     slots.wait(waiter)
     assert slots.withdraw(waiter) is None
     assert (waiter.state, slots.waiting) == (WaiterState.FAILED, 0)
@@ -209,7 +211,7 @@ def test_cancelled_while_waiting_leaves_the_queue() -> None:
 
 def test_cancelled_after_being_handed_a_connection_passes_it_on() -> None:
     slots, (holder, _) = _full()
-    cancelled, next_one = Waiter[str](10.0), Waiter[str](10.0)
+    cancelled, next_one = BasicWaiter[str](10.0), BasicWaiter[str](10.0)
     slots.wait(cancelled)
     slots.wait(next_one)
     slots.put_back(holder, 1.0)
@@ -222,7 +224,7 @@ def test_cancelled_after_being_handed_a_connection_passes_it_on() -> None:
 
 def test_cancelled_after_being_handed_a_slot_frees_it() -> None:
     slots, (holder, _) = _full()
-    cancelled = Waiter[str](10.0)
+    cancelled = BasicWaiter[str](10.0)
     slots.wait(cancelled)
     slots.drop(holder)
     grant = slots.withdraw(cancelled)
@@ -235,7 +237,7 @@ def test_cancelled_after_being_handed_a_slot_frees_it() -> None:
 
 def test_cancelled_after_timing_out_has_nothing_to_pass_on() -> None:
     slots, _ = _full()
-    waiter = Waiter[str](1.0)
+    waiter = BasicWaiter[str](1.0)
     slots.wait(waiter)
     slots.expire(1.0)
     assert slots.withdraw(waiter) is None
@@ -246,7 +248,7 @@ def test_cancelled_while_opening_frees_the_slot_to_a_waiter() -> None:
     slots: Slots[str] = Slots(1)
     opening = slots.reserve()
     assert opening is not None
-    waiter = Waiter[str](10.0)
+    waiter = BasicWaiter[str](10.0)
     slots.wait(waiter)
     assert slots.open_failed(opening) is waiter
     slots.check()
@@ -284,7 +286,7 @@ def test_return_with_a_reset_goes_through_returning() -> None:
 
 def test_a_retired_connection_keeps_its_slot_until_closed() -> None:
     slots, (holder, _) = _full()
-    waiter = Waiter[str](10.0)
+    waiter = BasicWaiter[str](10.0)
     slots.wait(waiter)
     slots.retire(holder)
     assert (holder.stage, slots.count, waiter.state) == (
@@ -347,14 +349,14 @@ def test_a_transition_from_the_wrong_stage_is_refused(call: str, stage: Stage) -
 
 def test_close_fails_every_waiter_and_stops_granting() -> None:
     slots, (_holder, _) = _full()
-    waiters = [Waiter[str](10.0), Waiter[str](10.0)]
+    waiters = [BasicWaiter[str](10.0), BasicWaiter[str](10.0)]
     for waiter in waiters:
         slots.wait(waiter)
     assert slots.close() == waiters
     assert all(w.state is WaiterState.FAILED for w in waiters)
     assert slots.reserve() is None
     with pytest.raises(SlotError):
-        slots.wait(Waiter(10.0))
+        slots.wait(BasicWaiter(10.0))
     slots.check()
 
 
@@ -414,7 +416,7 @@ def test_finish_ends_every_holder_whatever_its_stage(stage: Stage) -> None:
 
 def test_a_withdraw_after_close_returns_nothing() -> None:
     slots, _ = _full()
-    waiter = Waiter[str](10.0)
+    waiter = BasicWaiter[str](10.0)
     slots.wait(waiter)
     slots.close()
     assert slots.withdraw(waiter) is None
@@ -452,7 +454,7 @@ def test_the_invariant_check_catches_an_idle_stack_out_of_step() -> None:
 
 def test_the_invariant_check_catches_a_waiter_beside_an_idle_connection() -> None:
     slots, (holder, _) = _full()
-    slots.wait(Waiter(10.0))
+    slots.wait(BasicWaiter(10.0))
     holder.stage = Stage.IDLE
     slots.idle.append(holder)
     with pytest.raises(SlotError, match="assignable"):

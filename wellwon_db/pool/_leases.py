@@ -2,8 +2,9 @@
 
 :class:`Leases` carries out the decisions of the slot machine
 (``_slots.py``): it awaits the connects, checks, resets and closes those
-decisions call for, wakes and times out waiters, and keeps the lease
-counters. The pool (``_pool.py``) owns it and drives its lifecycle.
+decisions call for, and keeps the lease counters. Queued callers are
+``_waiting.py``'s, the command-timeout watch ``_watchdog.py``'s. The pool
+(``_pool.py``) owns a ``Leases`` and drives its lifecycle.
 
 The API the client layer uses, in the order of a call::
 
@@ -17,14 +18,15 @@ The API the client layer uses, in the order of a call::
 ``lease_nowait``/``release_nowait`` are the common case without an await:
 an idle connection out and back unchanged. Everything that needs I/O (a
 connection to open or check, a waiter's turn, a reset, a close) is in the
-awaitable counterparts.
+awaitable counterparts. A connection used for more than one statement (a
+transaction, a raw ``acquire()``) is lent with :meth:`lend`, which gives it
+asyncpg's own command timeout for the lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -33,12 +35,14 @@ from typing import Any, cast
 import asyncpg
 
 from wellwon_db.config._config import PoolConfig
-from wellwon_db.errors import DatabaseUnavailableError, PoolTimeoutError
-from wellwon_db.pool import _fork
+from wellwon_db.errors import DatabaseUnavailableError
+from wellwon_db.pool import _fork, _watchdog
 from wellwon_db.pool._connector import Connection, Connector, close_or_terminate, holder_of
+from wellwon_db.pool._pressure import PressureWatch
 from wellwon_db.pool._raw import RawConnection
 from wellwon_db.pool._session import SessionEffect
-from wellwon_db.pool._slots import Holder, Slots, Stage, Waiter, WaiterState
+from wellwon_db.pool._slots import Holder, Slots, Stage, Waiter
+from wellwon_db.pool._waiting import AsyncWaiter, WaitQueue
 from wellwon_db.telemetry._telemetry import PoolTelemetry
 
 __all__ = ["Leases"]
@@ -47,29 +51,7 @@ logger = logging.getLogger("wellwon_db.pool")
 
 _monotonic = time.monotonic
 _current_task = asyncio.current_task
-
-
-class _Waiter(Waiter[Connection]):
-    """A queued caller: the slot machine's waiter plus the future its task awaits."""
-
-    __slots__ = ("future", "queued")
-
-    def __init__(self, deadline: float, future: asyncio.Future[None]) -> None:
-        super().__init__(deadline)
-        self.future = future
-        #: Callers waiting when this one timed out (it included), for the error.
-        self.queued = 0
-
-    def set(self, grant: Holder[Connection]) -> bool:
-        # A caller cancelled before it could withdraw refuses, so the grant
-        # goes to the next waiter instead of being lost with this one.
-        if self.future.done():
-            self.state = WaiterState.FAILED
-            return False
-        self.state = WaiterState.SERVED
-        self.grant = grant
-        self.future.set_result(None)
-        return True
+_LEASED = Stage.LEASED
 
 
 class Leases:
@@ -80,6 +62,11 @@ class Leases:
     ``min_size``, ``connected`` after every successful connect (both hooks
     of the pool's refill).
     """
+
+    #: Watch the single statement about to run (see ``_watchdog.watch``).
+    watch = staticmethod(_watchdog.watch)
+    #: Whether a caught ``CancelledError`` was the watchdog's (``_watchdog.timed_out``).
+    timed_out = staticmethod(_watchdog.timed_out)
 
     def __init__(
         self,
@@ -93,6 +80,7 @@ class Leases:
         connected: Callable[[], None],
     ) -> None:
         self.slots: Slots[Connection] = Slots(config.max_size, config.min_size)
+        self.waiters = WaitQueue(name, config, self.slots)
         #: True while calls may take connections: the one check of the per-call path.
         self.serving = False
         #: The fork generation the pool opened in; another one means a forked child.
@@ -104,25 +92,14 @@ class Leases:
         self._refused = refused
         self._below_min = below_min
         self._connected = connected
-        # One loop timer for every waiter, armed at the earliest deadline.
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._pressure = PressureWatch(name, config, telemetry)
         self._drain: asyncio.Future[None] | None = None
         #: Background releases and closes still running.
         self.releasing: set[asyncio.Task[None]] = set()
         self.leased = 0
         self.acquired = 0
-        self.timeouts = 0
         self.resets = 0
         self.validations_failed = 0
-        #: Leases at which utilisation counts as pressure (infinite when warnings are off).
-        self._pressure_leases = (
-            config.exhaustion_utilisation * config.max_size / 100.0
-            if config.exhaustion_warn
-            else math.inf
-        )
-        self._pressure_since: float | None = None
-        self._pressure_warned = False
 
     # -- acquire -------------------------------------------------------------
 
@@ -159,7 +136,21 @@ class Leases:
             raise self._refused()
         if timeout is None:
             timeout = self._config.timeout
-        holder = await self._obtain(started, timeout)
+        # Idle, else a free slot, else a turn: inline (one coroutine frame),
+        # since above the pool size every call comes here.
+        holder = self.slots.acquire(_monotonic())
+        if holder is None:
+            waiter = self.waiters.enter(started + timeout)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._withdraw(waiter)
+                raise
+            holder = waiter.grant
+            if holder is None:
+                raise self._turn_failed(waiter, started, timeout)
+        if holder.stage is Stage.OPENING:
+            holder = await self._open(holder)
         now = _monotonic()
         if self._needs_check(holder, now):
             holder = await self._checked(holder, started, timeout)
@@ -168,82 +159,33 @@ class Leases:
         return holder
 
     async def _obtain(self, started: float, timeout: float) -> Holder[Connection]:
-        """Idle, else a new connection in a free slot, else a waiter's turn."""
-        slots = self.slots
-        holder = slots.lease_idle(_monotonic())
-        if holder is not None:
-            return holder
-        holder = slots.reserve()
+        """What :meth:`lease` does before the check: idle, a new connection, or a turn."""
+        holder = self.slots.acquire(_monotonic())
         if holder is None:
-            holder = await self._wait(started, timeout)
-            if holder.stage is not Stage.OPENING:
-                return holder
-        return await self._open(holder)
+            waiter = self.waiters.enter(started + timeout)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._withdraw(waiter)
+                raise
+            holder = waiter.grant
+            if holder is None:
+                raise self._turn_failed(waiter, started, timeout)
+        if holder.stage is Stage.OPENING:
+            holder = await self._open(holder)
+        return holder
 
-    async def _wait(self, started: float, timeout: float) -> Holder[Connection]:
-        """Queue until handed a connection or a slot; at most until ``started + timeout``."""
-        loop = asyncio.get_running_loop()
-        deadline = started + timeout
-        waiter = _Waiter(deadline, loop.create_future())
-        self.slots.wait(waiter)
-        if deadline < self._timer_at:
-            self._arm(loop, deadline)
-        try:
-            await waiter.future
-        except asyncio.CancelledError:
-            # Handed something before the cancellation landed: pass it on.
-            grant = self.slots.withdraw(waiter)
-            if grant is not None:
-                self._pass_on(grant)
-            raise
-        grant = waiter.grant
+    def _withdraw(self, waiter: AsyncWaiter) -> None:
+        """A queued caller was cancelled: what it was handed meanwhile goes on."""
+        grant = self.slots.withdraw(waiter)
         if grant is not None:
-            return grant
+            self._after(self.slots.pass_on(grant, _monotonic()))
+
+    def _turn_failed(self, waiter: AsyncWaiter, started: float, timeout: float) -> Exception:
+        """Why a queued caller got nothing: the pool closed, or its own deadline passed."""
         if self.slots.closing or not self.serving:
-            raise self._refused()
-        self.timeouts += 1
-        config = self._config
-        waited = _monotonic() - started
-        raise PoolTimeoutError(
-            f"no connection to the {self._name} database within {timeout:g}s "
-            f"(waited {waited:.2f}s): all {config.max_size} connections in use, "
-            f"{waiter.queued} tasks waiting (raise {self._setting('pool_max_size')} or "
-            f"{self._setting('pool_timeout_sec')}, or hold connections for shorter)",
-            database=self._name,
-            max_size=config.max_size,
-            waiters=waiter.queued,
-            timeout=timeout,
-            waited=waited,
-        )
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = deadline
-        # At least a millisecond: uvloop's clock may run a hair behind time.monotonic().
-        delay = max(deadline - _monotonic(), 0.001)
-        self._timer = loop.call_later(delay, self._expire, loop)
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wake every waiter whose own deadline passed; re-arm for the next one."""
-        self._timer = None
-        self._timer_at = math.inf
-        queued = self.slots.waiting
-        for expired in self.slots.expire(_monotonic()):
-            waiter = cast("_Waiter", expired)
-            waiter.queued = queued
-            if not waiter.future.done():
-                waiter.future.set_result(None)
-        upcoming = self.slots.next_deadline()
-        if upcoming is not None:
-            self._arm(loop, upcoming)
-
-    def cancel_timer(self) -> None:
-        """Stop the waiters' timer (the pool closed)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = math.inf
+            return self._refused()
+        return self.waiters.timeout_error(waiter, started, timeout)
 
     async def _open(self, holder: Holder[Connection]) -> Holder[Connection]:
         """Open a connection in ``holder``'s reserved slot; the slot is freed on failure."""
@@ -264,25 +206,15 @@ class Leases:
         self._connected()
         return holder
 
-    async def grow_idle(self) -> bool:
-        """Open one connection into the idle stack (refill); ``False`` when no slot is free.
-
-        Raises what opening raises.
-        """
-        holder = self.slots.reserve()
-        if holder is None:
-            return False
-        await self._open(holder)
-        self._put_back(holder, _monotonic())
-        return True
-
     def _needs_check(self, holder: Holder[Connection], now: float) -> bool:
         """Whether an idle connection must go through :meth:`_checked` before use."""
-        validation = self._config.validation_idle
+        config = self._config
+        connection = holder.connection
+        assert connection is not None
         return bool(
-            (validation and now - holder.idle_since > validation)
-            or self._expired(holder, now)
-            or cast("Connection", holder.connection).is_closed()
+            (config.validation_idle and now - holder.idle_since > config.validation_idle)
+            or (config.max_lifetime and now - holder.born > config.max_lifetime)
+            or connection.is_closed()
         )
 
     def _expired(self, holder: Holder[Connection], now: float) -> bool:
@@ -301,6 +233,7 @@ class Leases:
         happens (failure, timeout, cancellation), the slot in hand is passed
         on exactly once.
         """
+        validation = self._config.validation_idle
         for _ in range(self._config.max_size + 2):
             connection = cast("Connection", holder.connection)
             now = _monotonic()
@@ -311,9 +244,7 @@ class Leases:
                 self._still_in_time(started, timeout, None)
                 holder = await self._obtain(started, timeout)
                 continue
-            elif self._config.validation_idle and now - holder.idle_since > (
-                self._config.validation_idle
-            ):
+            elif validation and now - holder.idle_since > validation:
                 try:
                     usable = await self._connector.ping(connection)
                 except BaseException:
@@ -363,114 +294,27 @@ class Leases:
         self.leased += 1
         if self._config.lease_metrics:
             self.telemetry.connection_acquired(now - started)
-        if (
-            self.slots.waiting
-            or self.leased >= self._pressure_leases
-            or self._pressure_since is not None
-        ):
-            self._watch_pressure(now)  # only when an episode may start, go on or end
+        pressure = self._pressure
+        # Only when an episode may start, go on or end.
+        if self.slots.waiting or self.leased >= pressure.threshold or pressure.since is not None:
+            pressure.update(now, self.leased, self.slots.waiting)
 
     def _end(self, holder: Holder[Connection], now: float) -> None:
         if self._config.lease_metrics:
             self.telemetry.connection_released(now - holder.leased_at)
         holder.owner = None
         self.leased -= 1
-        if (
-            self.slots.waiting
-            or self.leased >= self._pressure_leases
-            or self._pressure_since is not None
-        ):
-            self._watch_pressure(now)
-
-    def _watch_pressure(self, now: float) -> None:
-        """Warn once per episode of waiters or high utilisation lasting ``exhaustion_warn``."""
-        config = self._config
-        waiting = self.slots.waiting
-        if not config.exhaustion_warn or (not waiting and self.leased < self._pressure_leases):
-            if self._pressure_since is not None and self._pressure_warned:
-                logger.info("the %s pool is no longer under pressure", self._name)
-            self._pressure_since = None
-            self._pressure_warned = False
-            return
-        if self._pressure_since is None:
-            self._pressure_since = now
-        elif not self._pressure_warned and now - self._pressure_since >= config.exhaustion_warn:
-            self._pressure_warned = True
-            self.telemetry.pool_exhausted()
-            logger.warning(
-                "the %s pool has been under pressure for %.1fs: %d of %d connections in use, "
-                "%d tasks waiting (raise %s, or hold connections for shorter)",
-                self._name,
-                now - self._pressure_since,
-                self.leased,
-                config.max_size,
-                waiting,
-                self._setting("pool_max_size"),
-                extra={
-                    "database": self._name,
-                    "in_use": self.leased,
-                    "max_size": config.max_size,
-                    "waiting": waiting,
-                },
-            )
-
-    def _setting(self, field: str) -> str:
-        """The setting that controls ``field``, as named in messages (its env variable)."""
-        return self._config.setting_names.get(field, field)
-
-    # -- the statement watch -----------------------------------------------------
-
-    def watch(self, holder: Holder[Connection], since: float, task: Any = None) -> None:
-        """Watch the single statement about to run on ``holder``'s connection.
-
-        ``since`` (``time.monotonic()``) is when it began; ``task`` is the
-        task awaiting it (default: the one holding the lease). Past the
-        command timeout the pool's watchdog cancels that task's await, and
-        asyncpg then sends the server a cancel request; :meth:`timed_out`
-        tells the caller that the ``CancelledError`` it caught was the
-        watchdog's. The watch ends with the release. Only for statements run
-        without an explicit ``timeout=`` (asyncpg times those itself).
-        """
-        if task is None:
-            task = holder.owner
-        else:
-            holder.owner = task
-        holder.watch_base = task.cancelling() if task is not None else 0
-        holder.watch_since = since
-
-    def timed_out(self, holder: Holder[Connection]) -> bool:
-        """Whether the ``CancelledError`` just caught is the watchdog's (then it is uncancelled).
-
-        As ``asyncio.timeout`` decides: only when no other cancellation of
-        the task is pending.
-        """
-        if not holder.overdue:
-            return False
-        holder.overdue = False
-        holder.watch_since = 0.0
-        task = _current_task()
-        return task is not None and task.uncancel() <= holder.watch_base
+        pressure = self._pressure
+        if self.slots.waiting or self.leased >= pressure.threshold or pressure.since is not None:
+            pressure.update(now, self.leased, self.slots.waiting)
 
     def timeout_error(self) -> TimeoutError:
-        """The error of a statement the watchdog cancelled."""
-        return TimeoutError(
-            f"a statement on the {self._name} database ran past the command timeout of "
-            f"{self._config.command_timeout:g}s; the server was asked to cancel it"
-        )
+        """The error of a statement the watchdog cancelled (see :attr:`timed_out`)."""
+        return _watchdog.timeout_error(self._name, self._config.command_timeout)
 
     def cancel_overdue(self, now: float) -> int:
         """Cancel watched statements past the command timeout; how many. (The watchdog.)"""
-        limit = self._config.command_timeout
-        cancelled = 0
-        for holder in self.slots.holders:
-            since = holder.watch_since
-            if since and not holder.overdue and now - since > limit:
-                task = holder.owner
-                if isinstance(task, asyncio.Task) and not task.done():
-                    holder.overdue = True
-                    task.cancel()
-                    cancelled += 1
-        return cancelled
+        return _watchdog.cancel_overdue(self.slots.holders, now, self._config.command_timeout)
 
     # -- release -------------------------------------------------------------
 
@@ -482,11 +326,12 @@ class Leases:
         when the lease already ended (a double release).
         """
         holder.watch_since = 0.0
-        if holder.stage is not Stage.LEASED:
+        if holder.stage is not _LEASED:
             return self._not_leased(holder)
         now = _monotonic()
         self._end(holder, now)
-        connection = cast("Connection", holder.connection)
+        connection = holder.connection
+        assert connection is not None
         if holder.timed:
             self._connector.driver_timeout(connection, False)
             holder.timed = False
@@ -497,11 +342,12 @@ class Leases:
             or connection.is_in_transaction()
             or connection.is_closed()
             or (config.max_queries and holder.uses >= config.max_queries)
-            or self._expired(holder, now)
+            or (config.max_lifetime and now - holder.born > config.max_lifetime)
         ):
             self.slots.begin_return(holder)
             return False
-        self._put_back(holder, now)
+        if self.slots.put_back(holder, now) is None and self._drain is not None:
+            self._check_drained()
         return True
 
     def _not_leased(self, holder: Holder[Connection]) -> bool:
@@ -516,7 +362,7 @@ class Leases:
     async def release(
         self, holder: Holder[Connection], effect: SessionEffect, *, settle: bool = False
     ) -> None:
-        """The rest of a release :meth:`release_nowait` could not do without I/O.
+        """Release ``holder``, or finish what :meth:`release_nowait` could not do without I/O.
 
         A connection older than ``max_lifetime``, used ``max_queries`` times,
         or one that a statement made unfit for reuse, is closed instead; the
@@ -525,7 +371,7 @@ class Leases:
         caller's connection) pings it first, which waits out a statement
         cancellation still in progress; one that fails is terminated.
         """
-        if holder.stage is Stage.LEASED and self.release_nowait(holder, effect):
+        if holder.stage is _LEASED and self.release_nowait(holder, effect):
             return  # nothing needed I/O
         if holder.stage is not Stage.RETURNING:
             return  # the pool closed or abandoned it meanwhile
@@ -562,7 +408,7 @@ class Leases:
             self._drop(holder)
             return
         if holder.stage is Stage.RETURNING:
-            self._put_back(holder, _monotonic())
+            self._put_back(holder)
         else:  # the pool closed while it was being reset
             connection.terminate()
 
@@ -576,11 +422,10 @@ class Leases:
         clean-up or discard it decides) finishes on its own.
         """
         holder.watch_since = 0.0
-        if holder.stage is not Stage.LEASED:
+        if holder.stage is not _LEASED:
             self._not_leased(holder)
             return
-        now = _monotonic()
-        self._end(holder, now)
+        self._end(holder, _monotonic())
         if holder.timed:
             self._connector.driver_timeout(cast("Connection", holder.connection), False)
             holder.timed = False
@@ -597,11 +442,8 @@ class Leases:
         if not task.cancelled() and task.exception() is not None:
             logger.debug("background release failed: %r", task.exception())
 
-    def _pass_on(self, grant: Holder[Connection]) -> None:
-        self._after(self.slots.pass_on(grant, _monotonic()))
-
-    def _put_back(self, holder: Holder[Connection], now: float) -> None:
-        if self.slots.put_back(holder, now) is None and self._drain is not None:
+    def _put_back(self, holder: Holder[Connection]) -> None:
+        if self.slots.put_back(holder, _monotonic()) is None and self._drain is not None:
             self._check_drained()
 
     def _drop(self, holder: Holder[Connection]) -> None:
@@ -670,8 +512,7 @@ class Leases:
         holder = holder_of(connection)
         if holder is None:
             raise asyncpg.InterfaceError("this connection does not belong to a wellwon_db pool")
-        if not self.release_nowait(holder, effect):
-            await self.release(holder, effect)
+        await self.release(holder, effect)
 
     @asynccontextmanager
     async def lent(self, holder: Holder[Connection]) -> AsyncIterator[Connection]:
@@ -690,16 +531,24 @@ class Leases:
             raise
         except BaseException:
             lent.detach()
-            await self._release_reset(holder)
+            await self.release(holder, SessionEffect.RESET)
             raise
         lent.detach()
-        await self._release_reset(holder)
-
-    async def _release_reset(self, holder: Holder[Connection]) -> None:
-        if not self.release_nowait(holder, SessionEffect.RESET):
-            await self.release(holder, SessionEffect.RESET)
+        await self.release(holder, SessionEffect.RESET)
 
     # -- the pool's upkeep --------------------------------------------------------
+
+    async def grow_idle(self) -> bool:
+        """Open one connection into the idle stack (refill); ``False`` when no slot is free.
+
+        Raises what opening raises.
+        """
+        holder = self.slots.reserve()
+        if holder is None:
+            return False
+        await self._open(holder)
+        self._put_back(holder)
+        return True
 
     async def fill(self, target: int) -> None:
         """Open connections (concurrently) until ``target`` slots are in use; all or none.
@@ -719,11 +568,11 @@ class Leases:
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             for holder in holders:
-                if holder.stage is Stage.LEASED:
+                if holder.stage is _LEASED:
                     self._drop(holder)
             raise failures[0]
         for holder in holders:
-            self._put_back(holder, _monotonic())
+            self._put_back(holder)
 
     def retire_idle(self, now: float) -> None:
         """Close idle connections past ``max_inactive_lifetime`` (above ``min_size``) or
@@ -765,11 +614,7 @@ class Leases:
     def stop(self) -> None:
         """Stop serving: queued callers get the pool's refusal at once, not at their timeout."""
         self.serving = False
-        for failed in self.slots.close():
-            waiter = cast("_Waiter", failed)
-            if not waiter.future.done():
-                waiter.future.set_result(None)
-        self.cancel_timer()
+        self.waiters.stop()
 
     def straggler_names(self, now: float) -> list[str]:
         """``"<task name> (held 1.2s)"`` for every connection still lent, for the close log."""

@@ -593,7 +593,7 @@ class DatabasePool:
             "waiting": slots.waiting,
             "reserved": slots.count - idle,
             "acquired": leases.acquired,
-            "timeouts": leases.timeouts,
+            "timeouts": leases.waiters.timeouts,
             "connections_opened": slots.opened_total,
             "connections_retired": slots.retired_total,
             "resets": leases.resets,

@@ -28,8 +28,9 @@ retired connection keeps its slot while it closes, so the server never sees
 more than ``max_size`` of the pool's connections. ``drop()`` works from any
 live stage: the connection is terminated without I/O, or was never made.
 
-Waiters queue first come, first served, each with its own deadline (a heap
-orders the deadlines, so a short timeout behind a long one expires on time).
+Waiters queue first come, first served, each with its own deadline (a second
+queue keeps them in deadline order, so a short timeout behind a long one
+expires on time).
 A waiter is handed a grant through :meth:`Waiter.set`, which says whether it
 still accepts (psycopg_pool's ``WaitingClient``): one that gave up is
 skipped, so nothing handed out is lost.
@@ -41,11 +42,9 @@ from __future__ import annotations
 
 import collections
 import enum
-import heapq
-import itertools
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Holder", "SlotError", "Slots", "Stage", "Waiter", "WaiterState"]
+__all__ = ["BasicWaiter", "Holder", "SlotError", "Slots", "Stage", "Waiter", "WaiterState"]
 
 C = TypeVar("C")
 
@@ -119,6 +118,10 @@ class Holder(Generic[C]):
         return f"<Holder {self.stage.value} uses={self.uses}>"
 
 
+#: Stages that hold a leased or returning connection (what close must stop).
+BUSY = frozenset({Stage.LEASED, Stage.RETURNING})
+
+
 class WaiterState(enum.Enum):
     """Where a queued caller is."""
 
@@ -129,11 +132,33 @@ class WaiterState(enum.Enum):
     FAILED = "failed"
 
 
-class Waiter(Generic[C]):
-    """A caller queued for a connection, with its own ``deadline``.
+_WAITING = WaiterState.WAITING
 
-    The pool subclasses it to wake the caller's future in :meth:`set`.
+
+class Waiter(Protocol[C]):
+    """A caller queued for a connection, with its own ``deadline``: what the machine needs.
+
+    The machine sets ``state`` (and ``grant`` through :meth:`set`); the
+    pool's waiter is the future its caller awaits (``_waiting.py``), tests
+    use :class:`BasicWaiter`.
     """
+
+    deadline: float
+    state: WaiterState
+    grant: Holder[C] | None
+
+    def set(self, grant: Holder[C]) -> bool:
+        """Take ``grant`` (called only while waiting); ``False`` if no longer accepting.
+
+        A waiter that accepts leaves :attr:`state` ``SERVED`` with its
+        :attr:`grant`; one that refuses (its caller gave up meanwhile) leaves
+        it ``FAILED``, and the grant goes to the next waiter.
+        """
+        ...
+
+
+class BasicWaiter(Generic[C]):
+    """A :class:`Waiter` that always accepts: the machine's callers in tests."""
 
     __slots__ = ("deadline", "grant", "state")
 
@@ -143,16 +168,13 @@ class Waiter(Generic[C]):
         self.grant: Holder[C] | None = None
 
     def set(self, grant: Holder[C]) -> bool:
-        """Take ``grant`` (called only while waiting); ``False`` if no longer accepting.
-
-        A waiter that refuses must leave :attr:`state` ``FAILED``.
-        """
+        """Take ``grant``."""
         self.state = WaiterState.SERVED
         self.grant = grant
         return True
 
     def __repr__(self) -> str:
-        return f"<Waiter {self.state.value} deadline={self.deadline:.3f}>"
+        return f"<BasicWaiter {self.state.value} deadline={self.deadline:.3f}>"
 
 
 class Slots(Generic[C]):
@@ -166,7 +188,6 @@ class Slots(Generic[C]):
     __slots__ = (
         "_deadlines",
         "_queue",
-        "_seq",
         "closing",
         "count",
         "holders",
@@ -196,9 +217,10 @@ class Slots(Generic[C]):
         # First come, first served; entries that stopped waiting are skipped
         # when they reach the front (removing from the middle would be O(n)).
         self._queue: collections.deque[Waiter[C]] = collections.deque()
-        # The same waiters by deadline, for expiry in deadline order.
-        self._deadlines: list[tuple[float, int, Waiter[C]]] = []
-        self._seq = itertools.count()
+        # The same waiters in deadline order (ties in arrival order), for
+        # expiry. With one timeout per pool that is arrival order, so an
+        # append; a shorter timeout behind longer ones is inserted in place.
+        self._deadlines: collections.deque[Waiter[C]] = collections.deque()
 
     def __repr__(self) -> str:
         return (
@@ -207,6 +229,19 @@ class Slots(Generic[C]):
         )
 
     # -- getting a connection ------------------------------------------------
+
+    def acquire(self, now: float) -> Holder[C] | None:
+        """What a caller gets: :meth:`lease_idle`, else :meth:`reserve`, else ``None`` (wait).
+
+        A ``LEASED`` holder is the caller's to use, an ``OPENING`` one its
+        slot to open a connection in.
+        """
+        if self.idle:
+            holder = self.idle.pop()
+            holder.stage = Stage.LEASED
+            holder.leased_at = now
+            return holder
+        return self.reserve()
 
     def lease_idle(self, now: float) -> Holder[C] | None:
         """IDLE -> LEASED: the top of the idle stack (the most recently used), or ``None``."""
@@ -272,14 +307,15 @@ class Slots(Generic[C]):
         """Queue ``waiter``: only when nothing is assignable (no idle holder, no free slot)."""
         if self.idle or self.count < self.max_size or self.closing:
             raise SlotError(f"a caller queued while a connection or slot was free: {self!r}")
-        # Served and failed entries at the front cost nothing to drop now.
-        queue, deadlines = self._queue, self._deadlines
-        while queue and queue[0].state is not WaiterState.WAITING:
-            queue.popleft()
-        while deadlines and deadlines[0][2].state is not WaiterState.WAITING:
-            heapq.heappop(deadlines)
-        queue.append(waiter)
-        heapq.heappush(deadlines, (waiter.deadline, next(self._seq), waiter))
+        self._queue.append(waiter)
+        deadlines = self._deadlines
+        if not deadlines or waiter.deadline >= deadlines[-1].deadline:
+            deadlines.append(waiter)
+        else:
+            index = len(deadlines)
+            while index and deadlines[index - 1].deadline > waiter.deadline:
+                index -= 1
+            deadlines.insert(index, waiter)
         self.waiting += 1
 
     def withdraw(self, waiter: Waiter[C]) -> Holder[C] | None:
@@ -287,7 +323,7 @@ class Slots(Generic[C]):
 
         A returned grant must be passed on with :meth:`pass_on`.
         """
-        if waiter.state is WaiterState.WAITING:
+        if waiter.state is _WAITING:
             waiter.state = WaiterState.FAILED
             self.waiting -= 1
             return None
@@ -305,23 +341,23 @@ class Slots(Generic[C]):
     def next_deadline(self) -> float | None:
         """The earliest deadline of a caller still waiting, or ``None``."""
         deadlines = self._deadlines
-        while deadlines and deadlines[0][2].state is not WaiterState.WAITING:
-            heapq.heappop(deadlines)
-        return deadlines[0][0] if deadlines else None
+        while deadlines and deadlines[0].state is not _WAITING:
+            deadlines.popleft()
+        return deadlines[0].deadline if deadlines else None
 
     def expire(self, now: float) -> list[Waiter[C]]:
         """Waiters whose deadline is past, marked ``FAILED``: the caller wakes them."""
         expired: list[Waiter[C]] = []
         deadlines = self._deadlines
         while deadlines:
-            deadline, _, waiter = deadlines[0]
-            if waiter.state is WaiterState.WAITING:
-                if deadline > now:
+            waiter = deadlines[0]
+            if waiter.state is _WAITING:
+                if waiter.deadline > now:
                     break
                 waiter.state = WaiterState.FAILED
                 self.waiting -= 1
                 expired.append(waiter)
-            heapq.heappop(deadlines)
+            deadlines.popleft()
         return expired
 
     # -- giving back -----------------------------------------------------------
@@ -329,18 +365,21 @@ class Slots(Generic[C]):
     def put_back(self, holder: Holder[C], now: float) -> Waiter[C] | None:
         """LEASED or RETURNING -> the first waiter (stays LEASED), else IDLE on top.
 
-        Returns the waiter served, which now holds the lease.
+        Returns the waiter served, which now holds the lease. Either way
+        ``idle_since`` is ``now``: the connection was good when given back.
         """
         stage = holder.stage
         if stage is not Stage.LEASED and stage is not Stage.RETURNING:
             raise SlotError(f"put_back() of a {stage.value} holder")
+        # Known good as of now, whoever gets it next: handed from waiter to
+        # waiter it may never sit idle, and must not look stale for that.
+        holder.idle_since = now
         if self.waiting:
             holder.stage = Stage.LEASED
             waiter = self._hand_off(holder)
             if waiter is not None:
-                return waiter
+                return waiter  # it holds the lease now
         holder.stage = Stage.IDLE
-        holder.idle_since = now
         self.idle.append(holder)
         return None
 
@@ -400,12 +439,18 @@ class Slots(Generic[C]):
         return None
 
     def _hand_off(self, grant: Holder[C]) -> Waiter[C] | None:
+        """Give ``grant`` to the first waiter that accepts it, or ``None``."""
         queue = self._queue
         while queue:
             waiter = queue.popleft()
-            if waiter.state is WaiterState.WAITING:
+            if waiter.state is _WAITING:
                 self.waiting -= 1
                 if waiter.set(grant):
+                    # Served ones at the front of the deadline order go now,
+                    # so that order stays as short as the queue.
+                    deadlines = self._deadlines
+                    while deadlines and deadlines[0].state is not _WAITING:
+                        deadlines.popleft()
                     return waiter
         return None
 
@@ -489,7 +534,7 @@ class Slots(Generic[C]):
         4. callers wait only when nothing is assignable: no idle holder, no
            free slot, not closing;
         5. ``waiting`` counts the queued waiters still waiting, and each of
-           them has its deadline in the heap.
+           them is in the deadline order, which is sorted.
         """
         counts = self.stage_counts()
         if counts[Stage.GONE]:
@@ -507,8 +552,11 @@ class Slots(Generic[C]):
         waiting = [w for w in self._queue if w.state is WaiterState.WAITING]
         if len(waiting) != self.waiting:
             raise SlotError(f"waiting {self.waiting} != {len(waiting)} queued waiters")
-        in_heap = {id(entry[2]) for entry in self._deadlines}
-        if any(id(w) not in in_heap for w in waiting):
-            raise SlotError("a waiting caller has no deadline in the heap")
+        by_deadline = [w.deadline for w in self._deadlines]
+        if by_deadline != sorted(by_deadline):
+            raise SlotError(f"deadlines out of order: {by_deadline}")
+        ordered = {id(w) for w in self._deadlines}
+        if any(id(w) not in ordered for w in waiting):
+            raise SlotError("a waiting caller has no place in the deadline order")
         if self.waiting and (self.idle or self.count < self.max_size or self.closing):
             raise SlotError(f"callers wait while something is assignable: {self!r}")
