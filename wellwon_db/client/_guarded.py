@@ -11,7 +11,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError
@@ -79,13 +79,15 @@ async def run_guarded(
             return await _retry(slot, call, query, args, timeout, idempotent, batch, exc, started)
         raise
     if timeout is None:
-        leases.watch(holder, started)  # the pool's watchdog times it (see _connector.py)
+        leases.watch(holder, started)  # the pool's watchdog times it (see _watchdog.py)
+    connection = holder.connection
+    assert connection is not None  # a leased holder has one
     effect = SessionEffect.NONE
     try:
         if span is not None:
             telemetry.waited(span, _monotonic() - started)
         effect = session_effect(query)
-        result = await call(cast(Connection, holder.connection), query, args, timeout)
+        result = await call(connection, query, args, timeout)
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError) and leases.timed_out(holder):
             # The watchdog's cancellation: the statement ran past the command timeout.
@@ -119,7 +121,7 @@ async def run_guarded(
     breaker.record_success(_monotonic() - started)
     telemetry.finish(span, query, started, batch=batch)
     if not leases.release_nowait(holder, effect):
-        await leases.release(holder, effect)
+        await leases.finish_release(holder, effect)
     return result
 
 

@@ -12,7 +12,7 @@ The API the client layer uses, in the order of a call::
     leases.watch(holder, started)          # a single statement, no timeout= given
     ... await holder.connection.fetch(...) ...
     if not leases.release_nowait(holder, effect):
-        await leases.release(holder, effect)
+        await leases.finish_release(holder, effect)
     # a cancelled caller: leases.release_in_background(holder, effect)
 
 ``lease_nowait``/``release_nowait`` are the common case without an await:
@@ -138,23 +138,24 @@ class Leases:
             timeout = self._config.timeout
         # Idle, else a free slot, else a turn: inline (one coroutine frame),
         # since above the pool size every call comes here.
-        holder = self.slots.acquire(_monotonic())
+        now = _monotonic()
+        holder = self.slots.acquire(now)
         if holder is None:
             waiter = self.waiters.enter(started + timeout)
             try:
-                await waiter
+                await waiter.future
             except asyncio.CancelledError:
                 self._withdraw(waiter)
                 raise
             holder = waiter.grant
             if holder is None:
                 raise self._turn_failed(waiter, started, timeout)
+            # A connection handed over was given back good a moment ago: no check.
+        elif holder.stage is _LEASED and self._needs_check(holder, now):
+            holder = await self._checked(holder, started, timeout)
         if holder.stage is Stage.OPENING:
             holder = await self._open(holder)
         now = _monotonic()
-        if self._needs_check(holder, now):
-            holder = await self._checked(holder, started, timeout)
-            now = _monotonic()
         self._begin(holder, started, now)
         return holder
 
@@ -164,7 +165,7 @@ class Leases:
         if holder is None:
             waiter = self.waiters.enter(started + timeout)
             try:
-                await waiter
+                await waiter.future
             except asyncio.CancelledError:
                 self._withdraw(waiter)
                 raise
@@ -305,8 +306,13 @@ class Leases:
         holder.owner = None
         self.leased -= 1
         pressure = self._pressure
-        if self.slots.waiting or self.leased >= pressure.threshold or pressure.since is not None:
-            pressure.update(now, self.leased, self.slots.waiting)
+        # A release can only end an episode (the next lease notes one going on).
+        if (
+            pressure.since is not None
+            and not self.slots.waiting
+            and self.leased < (pressure.threshold)
+        ):
+            pressure.update(now, self.leased, 0)
 
     def timeout_error(self) -> TimeoutError:
         """The error of a statement the watchdog cancelled (see :attr:`timed_out`)."""
@@ -322,7 +328,7 @@ class Leases:
         """End the lease; return the connection at once when that needs no I/O.
 
         ``False`` means it still needs a reset, a close or a terminate:
-        finish with :meth:`release`. Raises asyncpg's ``InterfaceError``
+        finish with :meth:`finish_release`. Raises asyncpg's ``InterfaceError``
         when the lease already ended (a double release).
         """
         holder.watch_since = 0.0
@@ -359,10 +365,15 @@ class Leases:
             "this connection was already released to the pool; release it once"
         )
 
-    async def release(
+    async def release(self, holder: Holder[Connection], effect: SessionEffect) -> None:
+        """Release ``holder``: :meth:`release_nowait`, then :meth:`finish_release` if needed."""
+        if not self.release_nowait(holder, effect):
+            await self.finish_release(holder, effect)
+
+    async def finish_release(
         self, holder: Holder[Connection], effect: SessionEffect, *, settle: bool = False
     ) -> None:
-        """Release ``holder``, or finish what :meth:`release_nowait` could not do without I/O.
+        """The rest of a release that :meth:`release_nowait` could not do without I/O.
 
         A connection older than ``max_lifetime``, used ``max_queries`` times,
         or one that a statement made unfit for reuse, is closed instead; the
@@ -371,8 +382,6 @@ class Leases:
         caller's connection) pings it first, which waits out a statement
         cancellation still in progress; one that fails is terminated.
         """
-        if holder.stage is _LEASED and self.release_nowait(holder, effect):
-            return  # nothing needed I/O
         if holder.stage is not Stage.RETURNING:
             return  # the pool closed or abandoned it meanwhile
         connection = cast("Connection", holder.connection)
@@ -430,7 +439,7 @@ class Leases:
             self._connector.driver_timeout(cast("Connection", holder.connection), False)
             holder.timed = False
         self.slots.begin_return(holder)
-        self._spawn(self.release(holder, effect, settle=True), "release")
+        self._spawn(self.finish_release(holder, effect, settle=True), "release")
 
     def _spawn(self, work: Any, what: str) -> None:
         task = asyncio.get_running_loop().create_task(work, name=f"wellwon_db-{what}-{self._name}")

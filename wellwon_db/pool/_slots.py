@@ -309,6 +309,8 @@ class Slots(Generic[C]):
             raise SlotError(f"a caller queued while a connection or slot was free: {self!r}")
         self._queue.append(waiter)
         deadlines = self._deadlines
+        if deadlines and deadlines[0].state is not _WAITING:
+            deadlines.popleft()  # one stale entry per new one: the order stays short
         if not deadlines or waiter.deadline >= deadlines[-1].deadline:
             deadlines.append(waiter)
         else:
@@ -446,11 +448,11 @@ class Slots(Generic[C]):
             if waiter.state is _WAITING:
                 self.waiting -= 1
                 if waiter.set(grant):
-                    # Served ones at the front of the deadline order go now,
-                    # so that order stays as short as the queue.
-                    deadlines = self._deadlines
-                    while deadlines and deadlines[0].state is not _WAITING:
-                        deadlines.popleft()
+                    # With one timeout per pool the first in the queue is also
+                    # first by deadline: its entry goes now (others when they
+                    # reach the front, see wait()).
+                    if self._deadlines[0] is waiter:
+                        self._deadlines.popleft()
                     return waiter
         return None
 

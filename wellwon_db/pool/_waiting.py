@@ -21,20 +21,18 @@ __all__ = ["AsyncWaiter", "WaitQueue"]
 _monotonic = time.monotonic
 
 
-class AsyncWaiter(asyncio.Future[None]):
-    """A queued caller: the future its task awaits, and the slot machine's :class:`Waiter`.
+class AsyncWaiter:
+    """A queued caller: the slot machine's :class:`~._slots.Waiter` and the future its task awaits.
 
-    One object rather than a waiter holding a future: above the pool size
-    every call queues, and the second allocation cost as much as the rest
-    of the queueing (measured, ``docs/performance.md``). :meth:`WaitQueue.enter`
-    sets the fields.
+    Made by :meth:`WaitQueue.enter`.
     """
 
-    __slots__ = ("deadline", "grant", "queued", "state")
+    __slots__ = ("deadline", "future", "grant", "queued", "state")
 
     deadline: float
     state: WaiterState
     grant: Holder[Connection] | None
+    future: asyncio.Future[None]
     #: Callers waiting when this one timed out (it included), for the error.
     queued: int
 
@@ -44,13 +42,17 @@ class AsyncWaiter(asyncio.Future[None]):
         A cancelled caller refuses before it could withdraw, so the grant
         goes to the next waiter instead of being lost with this one.
         """
-        if self.done():
+        future = self.future
+        if future.done():
             self.state = WaiterState.FAILED
             return False
         self.state = WaiterState.SERVED
         self.grant = grant
-        self.set_result(None)
+        future.set_result(None)
         return True
+
+
+_new = object.__new__
 
 
 class WaitQueue:
@@ -72,15 +74,18 @@ class WaitQueue:
         self.timeouts = 0
 
     def enter(self, deadline: float) -> AsyncWaiter:
-        """Queue a caller until ``deadline`` (``time.monotonic()``); await the waiter.
+        """Queue a caller until ``deadline`` (``time.monotonic()``); await its ``future``.
 
         Only when nothing is assignable (see :meth:`Slots.wait`).
         """
         loop = asyncio.get_running_loop()
-        waiter = AsyncWaiter(loop=loop)
+        # Fields set here, without an __init__ frame: above the pool size
+        # every call queues (measured, docs/performance.md).
+        waiter: AsyncWaiter = _new(AsyncWaiter)
         waiter.deadline = deadline
         waiter.state = WaiterState.WAITING
         waiter.grant = None
+        waiter.future = loop.create_future()
         waiter.queued = 0
         self._slots.wait(waiter)
         if deadline < self._timer_at:
@@ -103,8 +108,8 @@ class WaitQueue:
         for waiter in self._slots.expire(_monotonic()):
             assert isinstance(waiter, AsyncWaiter)
             waiter.queued = queued
-            if not waiter.done():
-                waiter.set_result(None)
+            if not waiter.future.done():
+                waiter.future.set_result(None)
         upcoming = self._slots.next_deadline()
         if upcoming is not None:
             self._arm(loop, upcoming)
@@ -133,8 +138,8 @@ class WaitQueue:
         """Fail every waiter at once (the pool closes) and stop the timer."""
         for failed in self._slots.close():
             assert isinstance(failed, AsyncWaiter)
-            if not failed.done():
-                failed.set_result(None)
+            if not failed.future.done():
+                failed.future.set_result(None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
