@@ -31,6 +31,7 @@ from wellwon_db.client._transaction import (
 from wellwon_db.config._database import Database
 from wellwon_db.errors import ConfigurationError
 from wellwon_db.pool._pool import Connection, DatabasePool
+from wellwon_db.pool._raw import lent
 from wellwon_db.resilience._breaker import CircuitBreaker
 
 __all__ = ["DatabaseClient", "MainDB", "ReferenceDB"]
@@ -210,8 +211,8 @@ class DatabaseClient:
             record_outcome(breaker, exc, started)
             raise
         breaker.record_ignored()
-        async with leases.lent(holder) as lent:
-            yield lent
+        async with lent(leases, holder) as connection:
+            yield connection
 
 
 class MainDB(DatabaseClient):

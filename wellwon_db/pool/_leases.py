@@ -19,8 +19,8 @@ The API the client layer uses, in the order of a call::
 an idle connection out and back unchanged. Everything that needs I/O (a
 connection to open or check, a waiter's turn, a reset, a close) is in the
 awaitable counterparts. A connection used for more than one statement (a
-transaction, a raw ``acquire()``) is lent with :meth:`lend`, which gives it
-asyncpg's own command timeout for the lease.
+transaction, a raw ``acquire()``, see ``_raw.py``) is lent with
+:meth:`lend`, which gives it asyncpg's own command timeout for the lease.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, cast
 
 import asyncpg
@@ -39,7 +38,6 @@ from wellwon_db.errors import DatabaseUnavailableError
 from wellwon_db.pool import _fork, _watchdog
 from wellwon_db.pool._connector import Connection, Connector, close_or_terminate, holder_of
 from wellwon_db.pool._pressure import PressureWatch
-from wellwon_db.pool._raw import RawConnection
 from wellwon_db.pool._session import SessionEffect
 from wellwon_db.pool._slots import Holder, Slots, Stage, Waiter
 from wellwon_db.pool._waiting import AsyncWaiter, WaitQueue
@@ -508,42 +506,6 @@ class Leases:
             self._connector.driver_timeout(connection, True)
             holder.timed = True
         return connection
-
-    async def acquire_connection(self, timeout: float | None = None) -> Connection:
-        """A raw connection (see :meth:`lend`); hand it back with :meth:`release_connection`."""
-        holder = self.lease_nowait() or await self.lease(_monotonic(), timeout)
-        return self.lend(holder)
-
-    async def release_connection(
-        self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
-    ) -> None:
-        """Return a connection from :meth:`acquire_connection`, undoing what ``effect`` says."""
-        holder = holder_of(connection)
-        if holder is None:
-            raise asyncpg.InterfaceError("this connection does not belong to a wellwon_db pool")
-        await self.release(holder, effect)
-
-    @asynccontextmanager
-    async def lent(self, holder: Holder[Connection]) -> AsyncIterator[Connection]:
-        """Lend ``holder``'s connection for the block; release it (fully reset) after.
-
-        The block gets a :class:`RawConnection` that refuses use after the
-        block. A cancelled block releases in the background, so cancellation
-        is never held up by a connection that is still settling.
-        """
-        lent = RawConnection(self.lend(holder))
-        try:
-            yield cast("Connection", lent)
-        except asyncio.CancelledError:
-            lent.detach()
-            self.release_in_background(holder, SessionEffect.RESET)
-            raise
-        except BaseException:
-            lent.detach()
-            await self.release(holder, SessionEffect.RESET)
-            raise
-        lent.detach()
-        await self.release(holder, SessionEffect.RESET)
 
     # -- the pool's upkeep --------------------------------------------------------
 

@@ -34,8 +34,10 @@ from wellwon_db.pool._backoff import Backoff
 from wellwon_db.pool._capacity import check_capacity
 from wellwon_db.pool._connector import Connection, Connector, close_or_terminate
 from wellwon_db.pool._leases import Leases
+from wellwon_db.pool._raw import acquire_connection, lent, release_connection
 from wellwon_db.pool._session import SessionEffect
 from wellwon_db.pool._slots import TRACKED, Stage
+from wellwon_db.pool._upkeep import Upkeep
 from wellwon_db.telemetry._stats import PoolStats
 from wellwon_db.telemetry._telemetry import PoolTelemetry, register_pool, unregister_pool
 
@@ -93,12 +95,6 @@ class DatabasePool:
         self._state = PoolState.NEW
         #: Open, but the server has not answered since start-up.
         self._offline = False
-        self._connector_task: asyncio.Task[None] | None = None
-        self._housekeeper: asyncio.Task[None] | None = None
-        self._refill: asyncio.Task[None] | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        # Set by every successful connect: a refill backing off tries at once.
-        self._answered = asyncio.Event()
         self._closed: asyncio.Future[None] | None = None
         #: A forked child keeps the parent's connections referenced, never closed.
         self._abandoned: list[Connection] = []
@@ -123,6 +119,7 @@ class DatabasePool:
             below_min=self._refill_soon,
             connected=self._on_connected,
         )
+        self._upkeep = Upkeep(self._name, config, self.leases)
 
     # -- description ---------------------------------------------------------
 
@@ -167,7 +164,7 @@ class DatabasePool:
         when a new connection cannot be made; ``PoolClosedError`` when the
         pool is not open. asyncpg's command timeout applies to its statements.
         """
-        return await self.leases.acquire_connection(timeout)
+        return await acquire_connection(self.leases, timeout)
 
     async def release_connection(
         self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
@@ -179,7 +176,7 @@ class DatabasePool:
         back to it. A second release of one lease raises asyncpg's
         ``InterfaceError``.
         """
-        await self.leases.release_connection(connection, effect)
+        await release_connection(self.leases, connection, effect)
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Connection]:
@@ -191,7 +188,7 @@ class DatabasePool:
         """
         leases = self.leases
         holder = leases.lease_nowait() or await leases.lease(time.monotonic())
-        async with leases.lent(holder) as connection:
+        async with lent(leases, holder) as connection:
             yield connection
 
     # -- errors ------------------------------------------------------------------
@@ -277,18 +274,7 @@ class DatabasePool:
         self._state = PoolState.OPEN
         self._offline = offline
         self.leases.serving = not offline
-        name = self._name
-        if offline:
-            self._connector_task = asyncio.create_task(
-                self._connect_in_background(), name=f"wellwon_db-connect-{name}"
-            )
-        self._housekeeper = asyncio.create_task(
-            self._keep_house(), name=f"wellwon_db-housekeeping-{name}"
-        )
-        if self._config.command_timeout:
-            self._watchdog = asyncio.create_task(
-                self._watch_statements(), name=f"wellwon_db-watchdog-{name}"
-            )
+        self._upkeep.start(offline=offline, answered=self._answered)
         register_pool(self)
         logger.debug("opened %r", self)
 
@@ -323,93 +309,16 @@ class DatabasePool:
                     raise
                 await asyncio.sleep(min(backoff.next_delay(), left))
 
-    async def _connect_in_background(self) -> None:
-        """Offline start: try until the server answers, then serve and fill to ``min_size``."""
-        backoff = Backoff(0.1, max(self._config.reconnect_backoff_max, 0.1))
-        while True:
-            try:
-                await self.leases.grow_idle()
-                break
-            except Exception as exc:
-                log = logger.debug if isinstance(exc, DatabaseUnavailableError) else logger.warning
-                log("the %s database is still not reachable: %s", self._name, exc)
-            await asyncio.sleep(backoff.next_delay())
+    def _answered(self) -> None:
+        """The server of a pool opened offline answered: serve."""
         self._offline = False
         self.leases.serving = self._state is PoolState.OPEN
-        self._connector_task = None
-        logger.warning("the %s database answers again: pool connected", self._name)
-        self._refill_soon()
-
-    # -- upkeep ----------------------------------------------------------------------
-
-    def _on_connected(self) -> None:
-        """A connect succeeded: the server answers, so a refill backing off goes on at once."""
-        self._answered.set()
-        self._refill_soon()
 
     def _refill_soon(self) -> None:
-        """Open connections up to ``min_size`` in the background (one task at a time)."""
-        if self._state is not PoolState.OPEN or self._offline or self._refill is not None:
-            return
-        if self.leases.slots.count >= self._config.min_size:
-            return
-        self._refill = asyncio.get_running_loop().create_task(
-            self._refill_to_min(), name=f"wellwon_db-refill-{self._name}"
-        )
+        self._upkeep.refill_soon()
 
-    async def _refill_to_min(self) -> None:
-        """Back to ``min_size``: at once while the server answers, with backoff while it
-        does not (so a dead server is not hammered); any successful connect, this task's
-        or a caller's, ends the backoff."""
-        slots = self.leases.slots
-        backoff = Backoff(0.05, max(self._config.reconnect_backoff_max, 0.05))
-        try:
-            while self._state is PoolState.OPEN and slots.count < self._config.min_size:
-                self._answered.clear()
-                try:
-                    if not await self.leases.grow_idle():
-                        return  # every slot is in use: nothing to refill
-                    backoff.reset()
-                    continue
-                except Exception as exc:
-                    delay = backoff.next_delay()
-                    logger.debug(
-                        "could not restore the %s pool's minimum (%r); next try in %.2fs",
-                        self._name,
-                        exc,
-                        delay,
-                    )
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._answered.wait()
-        finally:
-            self._refill = None
-
-    def _housekeeping_period(self) -> float:
-        limits = [60.0]
-        for limit in (self._config.max_inactive_lifetime, self._config.max_lifetime):
-            if limit:
-                limits.append(limit / 2)
-        return max(min(limits), 0.05)
-
-    async def _keep_house(self) -> None:
-        """Every period: close connections idle too long or too old; keep ``min_size``."""
-        period = self._housekeeping_period()
-        while True:
-            await asyncio.sleep(period)
-            self.leases.retire_idle(time.monotonic())
-            self._refill_soon()
-
-    async def _watch_statements(self) -> None:
-        """The statement watchdog: cancel single statements past the command timeout.
-
-        Wakes every tenth of the timeout (10 ms to 1 s), so a statement is
-        cancelled at most that much late; the server cancels it too.
-        """
-        period = min(max(self._config.command_timeout / 10, 0.01), 1.0)
-        while True:
-            await asyncio.sleep(period)
-            self.leases.cancel_overdue(time.monotonic())
+    def _on_connected(self) -> None:
+        self._upkeep.connected()
 
     # -- close -----------------------------------------------------------------
 
@@ -449,7 +358,7 @@ class DatabasePool:
             return
         stragglers: list[int] = []
         try:
-            await self._stop_tasks()
+            await self._upkeep.stop()
             if opening:
                 return  # open() sees the state and closes what it opened
             if leases.releasing and timeout > 0:
@@ -468,18 +377,6 @@ class DatabasePool:
                 self._closed.set_result(None)
             unregister_pool(self)
             logger.debug("closed %r", self)
-
-    async def _stop_tasks(self) -> None:
-        tasks = [
-            t
-            for t in (self._connector_task, self._housekeeper, self._refill, self._watchdog)
-            if t is not None
-        ]
-        self._connector_task = self._housekeeper = self._refill = self._watchdog = None
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)  # raises only if *we* are cancelled
 
     async def _cancel_stragglers(self) -> list[int]:
         """Past the drain deadline: cancel what still runs; the backends still busy after.
@@ -556,7 +453,7 @@ class DatabasePool:
         for holder in self.leases.slots.abandon():
             if holder.connection is not None:
                 self._abandoned.append(holder.connection)
-        self._connector_task = self._housekeeper = self._refill = self._watchdog = None
+        self._upkeep.abandon()
         self.leases.releasing.clear()
         self._state = PoolState.CLOSED
         if self._closed is not None and not self._closed.done():
