@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Iterator
 
 import asyncpg
 import pytest
 
 from tests.helpers import Servers, count_connections, pool_config, wait_until
 from wellwon_db import Database, DatabaseClient, DatabasePool, DatabaseUnavailableError
+from wellwon_db.testing import PgBouncerServer, PostgresServer, find_pgbouncer
 
 
 async def test_close_past_its_drain_deadline_stops_statements_and_frees_locks(
@@ -135,3 +137,71 @@ async def test_close_under_load_leaves_no_backend_and_never_exceeds_max_size(
         await asyncio.gather(*workers, sampler)
     assert len(seen) > 10
     assert max(seen) <= max_size, f"the server saw {max(seen)} of our backends (max {max_size})"
+
+
+@pytest.fixture
+def bouncer(postgres_server: PostgresServer) -> Iterator[PgBouncerServer]:
+    try:
+        find_pgbouncer()
+    except RuntimeError as exc:  # .ci/run installs it; a bare dev machine may not have it
+        pytest.skip(str(exc))
+    server = PgBouncerServer(postgres_server, pool_mode="transaction", default_pool_size=4)
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.slow
+async def test_behind_pgbouncer_close_stops_statements_and_frees_locks(
+    bouncer: PgBouncerServer, postgres_server: PostgresServer
+) -> None:
+    """No backend ids to end: the cancel request goes through PgBouncer, which closes
+    the server connection of a client that left mid-transaction."""
+    admin = await asyncpg.connect(postgres_server.dsn())
+    try:
+        await admin.execute(
+            "CREATE TABLE close_lock (id int PRIMARY KEY); INSERT INTO close_lock VALUES (1)"
+        )
+        config = pool_config(min_size=1, max_size=3, pgbouncer=True, capacity_check="off")
+        pool = DatabasePool(Database.MAIN, bouncer.dsn("postgres"), config)
+        await pool.open()
+        client = DatabaseClient(pool)
+        locked, hold = asyncio.Event(), asyncio.Event()
+
+        async def holds_a_row_lock() -> None:
+            async with client.transaction() as tx:
+                await tx.execute("SELECT * FROM close_lock WHERE id = 1 FOR UPDATE")
+                locked.set()
+                await hold.wait()
+
+        sleeper = asyncio.create_task(client.fetchval("SELECT pg_sleep(60) /* bounced-sleep */"))
+        locker = asyncio.create_task(holds_a_row_lock())
+        await asyncio.wait_for(locked.wait(), 5)
+
+        async def sleeping() -> bool:
+            running = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%bounced-sleep%' "
+                "AND state = 'active' AND pid <> pg_backend_pid()"
+            )
+            return bool(running == 1)
+
+        await wait_until(sleeping)
+        await pool.close(timeout=1)
+
+        async def stopped_and_unlocked() -> bool:
+            if await sleeping():
+                return False
+            await admin.execute("SET lock_timeout = '100ms'")
+            try:
+                async with admin.transaction():
+                    await admin.fetchval("SELECT id FROM close_lock WHERE id = 1 FOR UPDATE")
+            except asyncpg.LockNotAvailableError:
+                return False
+            return True
+
+        await wait_until(stopped_and_unlocked, timeout=2)
+        hold.set()
+        await asyncio.gather(sleeper, locker, return_exceptions=True)
+    finally:
+        await admin.close()
