@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from wellwon_db import Database, PoolConfig, PostgresConfig
+from wellwon_db.pool._slots import Holder, WaiterState
 from wellwon_db.testing import PostgresServer
 
 MAIN_DB = "wellwon_main"
@@ -67,3 +68,20 @@ def pool_config(database: Database = Database.MAIN, **overrides: Any) -> PoolCon
     """``database``'s pool settings from a clean environment, with ``overrides``."""
     base = PostgresConfig.load(env_file=None).get_pool_config(database)
     return dataclasses.replace(base, **overrides)
+
+
+class BasicWaiter:
+    """A slot-machine waiter that always accepts: the machine's callers in its tests."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.state = WaiterState.WAITING
+        self.grant: Holder[str] | None = None
+
+    def set(self, grant: Holder[str]) -> bool:
+        self.state = WaiterState.SERVED
+        self.grant = grant
+        return True
+
+    def __repr__(self) -> str:
+        return f"<BasicWaiter {self.state.value} deadline={self.deadline:.3f}>"

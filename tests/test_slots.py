@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from wellwon_db.pool._slots import BasicWaiter, Holder, SlotError, Slots, Stage, WaiterState
+from tests.helpers import BasicWaiter
+from wellwon_db.pool._slots import Holder, SlotError, Slots, Stage, WaiterState
 
 
 def _open(slots: Slots[str], name: str, now: float = 0.0) -> Holder[str]:
@@ -28,7 +29,7 @@ def _full(max_size: int = 2) -> tuple[Slots[str], list[Holder[str]]]:
     return slots, holders
 
 
-class _Refusing(BasicWaiter[str]):
+class _Refusing(BasicWaiter):
     """A waiter whose caller gave up before it could withdraw (its future is cancelled)."""
 
     def set(self, grant: Holder[str]) -> bool:
@@ -111,7 +112,7 @@ def test_a_caller_may_queue_only_when_nothing_is_assignable() -> None:
 
 def test_a_released_connection_goes_to_the_first_waiter() -> None:
     slots, (holder, _) = _full()
-    first, second = BasicWaiter[str](10.0), BasicWaiter[str](10.0)
+    first, second = BasicWaiter(10.0), BasicWaiter(10.0)
     slots.wait(first)
     slots.wait(second)
     assert slots.waiting == 2
@@ -126,7 +127,7 @@ def test_a_released_connection_goes_to_the_first_waiter() -> None:
 
 def test_a_waiter_that_gave_up_is_skipped_and_swallows_nothing() -> None:
     slots, (holder, _) = _full()
-    gone, next_one = _Refusing(10.0), BasicWaiter[str](10.0)
+    gone, next_one = _Refusing(10.0), BasicWaiter(10.0)
     slots.wait(gone)
     slots.wait(next_one)
     assert slots.put_back(holder, 1.0) is next_one
@@ -145,7 +146,7 @@ def test_no_waiter_accepting_leaves_the_connection_idle() -> None:
 
 def test_a_freed_slot_goes_to_the_first_waiter_as_a_reservation() -> None:
     slots, (holder, _) = _full()
-    waiter = BasicWaiter[str](10.0)
+    waiter = BasicWaiter(10.0)
     slots.wait(waiter)
     assert slots.drop(holder) is waiter
     grant = waiter.grant
@@ -160,7 +161,7 @@ def test_a_freed_slot_goes_to_the_first_waiter_as_a_reservation() -> None:
 def test_a_short_deadline_behind_a_long_one_expires_first() -> None:
     """Each waiter times out at its own deadline, whatever the queue order."""
     slots, _ = _full(1)
-    patient, hurried = BasicWaiter[str](3.0), BasicWaiter[str](0.3)
+    patient, hurried = BasicWaiter(3.0), BasicWaiter(0.3)
     slots.wait(patient)  # queued first, with the longer timeout
     slots.wait(hurried)
     assert slots.next_deadline() == 0.3
@@ -177,7 +178,7 @@ def test_a_short_deadline_behind_a_long_one_expires_first() -> None:
 
 def test_a_served_waiter_never_expires() -> None:
     slots, (holder, _) = _full(2)
-    waiter = BasicWaiter[str](1.0)
+    waiter = BasicWaiter(1.0)
     slots.wait(waiter)
     slots.put_back(holder, 0.5)
     assert slots.expire(2.0) == []
@@ -186,7 +187,7 @@ def test_a_served_waiter_never_expires() -> None:
 
 def test_an_expired_waiter_is_not_served_later() -> None:
     slots, (holder, _) = _full(2)
-    waiter = BasicWaiter[str](1.0)
+    waiter = BasicWaiter(1.0)
     slots.wait(waiter)
     slots.expire(1.0)
     assert slots.put_back(holder, 2.0) is None
@@ -200,7 +201,7 @@ def test_an_expired_waiter_is_not_served_later() -> None:
 
 def test_cancelled_while_waiting_leaves_the_queue() -> None:
     slots, (holder, _) = _full()
-    waiter = BasicWaiter[str](10.0)
+    waiter = BasicWaiter(10.0)
     slots.wait(waiter)
     assert slots.withdraw(waiter) is None
     assert (waiter.state, slots.waiting) == (WaiterState.FAILED, 0)
@@ -211,7 +212,7 @@ def test_cancelled_while_waiting_leaves_the_queue() -> None:
 
 def test_cancelled_after_being_handed_a_connection_passes_it_on() -> None:
     slots, (holder, _) = _full()
-    cancelled, next_one = BasicWaiter[str](10.0), BasicWaiter[str](10.0)
+    cancelled, next_one = BasicWaiter(10.0), BasicWaiter(10.0)
     slots.wait(cancelled)
     slots.wait(next_one)
     slots.put_back(holder, 1.0)
@@ -224,7 +225,7 @@ def test_cancelled_after_being_handed_a_connection_passes_it_on() -> None:
 
 def test_cancelled_after_being_handed_a_slot_frees_it() -> None:
     slots, (holder, _) = _full()
-    cancelled = BasicWaiter[str](10.0)
+    cancelled = BasicWaiter(10.0)
     slots.wait(cancelled)
     slots.drop(holder)
     grant = slots.withdraw(cancelled)
@@ -237,7 +238,7 @@ def test_cancelled_after_being_handed_a_slot_frees_it() -> None:
 
 def test_cancelled_after_timing_out_has_nothing_to_pass_on() -> None:
     slots, _ = _full()
-    waiter = BasicWaiter[str](1.0)
+    waiter = BasicWaiter(1.0)
     slots.wait(waiter)
     slots.expire(1.0)
     assert slots.withdraw(waiter) is None
@@ -248,7 +249,7 @@ def test_cancelled_while_opening_frees_the_slot_to_a_waiter() -> None:
     slots: Slots[str] = Slots(1)
     opening = slots.reserve()
     assert opening is not None
-    waiter = BasicWaiter[str](10.0)
+    waiter = BasicWaiter(10.0)
     slots.wait(waiter)
     assert slots.open_failed(opening) is waiter
     slots.check()
@@ -286,7 +287,7 @@ def test_return_with_a_reset_goes_through_returning() -> None:
 
 def test_a_retired_connection_keeps_its_slot_until_closed() -> None:
     slots, (holder, _) = _full()
-    waiter = BasicWaiter[str](10.0)
+    waiter = BasicWaiter(10.0)
     slots.wait(waiter)
     slots.retire(holder)
     assert (holder.stage, slots.count, waiter.state) == (
@@ -349,7 +350,7 @@ def test_a_transition_from_the_wrong_stage_is_refused(call: str, stage: Stage) -
 
 def test_close_fails_every_waiter_and_stops_granting() -> None:
     slots, (_holder, _) = _full()
-    waiters = [BasicWaiter[str](10.0), BasicWaiter[str](10.0)]
+    waiters = [BasicWaiter(10.0), BasicWaiter(10.0)]
     for waiter in waiters:
         slots.wait(waiter)
     assert slots.close() == waiters
@@ -416,7 +417,7 @@ def test_finish_ends_every_holder_whatever_its_stage(stage: Stage) -> None:
 
 def test_a_withdraw_after_close_returns_nothing() -> None:
     slots, _ = _full()
-    waiter = BasicWaiter[str](10.0)
+    waiter = BasicWaiter(10.0)
     slots.wait(waiter)
     slots.close()
     assert slots.withdraw(waiter) is None

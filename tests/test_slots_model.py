@@ -17,7 +17,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from wellwon_db.pool._slots import BasicWaiter, Holder, Slots, Stage, Waiter, WaiterState
+from tests.helpers import BasicWaiter
+from wellwon_db.pool._slots import Holder, Slots, Stage, Waiter, WaiterState
 
 
 class SlotMachineModel(RuleBasedStateMachine):
@@ -74,7 +75,7 @@ class SlotMachineModel(RuleBasedStateMachine):
         if holder is not None:
             self.opening.append(holder)
             return
-        waiter = BasicWaiter[str](self.now + timeout)
+        waiter = BasicWaiter(self.now + timeout)
         self.slots.wait(waiter)
         self.queue.append(waiter)
 

@@ -152,7 +152,7 @@ class Leases:
         elif holder.stage is _LEASED and self._needs_check(holder, now):
             holder = await self._checked(holder, started, timeout)
         if holder.stage is Stage.OPENING:
-            holder = await self._open(holder)
+            holder = await self.open_in(holder)
         now = _monotonic()
         self._begin(holder, started, now)
         return holder
@@ -171,7 +171,7 @@ class Leases:
             if holder is None:
                 raise self._turn_failed(waiter, started, timeout)
         if holder.stage is Stage.OPENING:
-            holder = await self._open(holder)
+            holder = await self.open_in(holder)
         return holder
 
     def _withdraw(self, waiter: AsyncWaiter) -> None:
@@ -186,8 +186,13 @@ class Leases:
             return self._refused()
         return self.waiters.timeout_error(waiter, started, timeout)
 
-    async def _open(self, holder: Holder[Connection]) -> Holder[Connection]:
-        """Open a connection in ``holder``'s reserved slot; the slot is freed on failure."""
+    async def open_in(self, holder: Holder[Connection]) -> Holder[Connection]:
+        """Open a connection in ``holder``'s reserved slot; the slot is freed on failure.
+
+        The holder is then ``LEASED`` to the caller (give it back with
+        :meth:`put_back`). Raises what connecting raises, or the pool's
+        refusal when it closed meanwhile.
+        """
         started = _monotonic()
         try:
             connection = await self._connector.connect()
@@ -239,7 +244,7 @@ class Leases:
             if connection.is_closed():
                 pass  # dead: replaced below
             elif self._expired(holder, now):
-                self._retire(holder)  # keeps its slot until closed: get another
+                self.retire(holder)  # keeps its slot until closed: get another
                 self._still_in_time(started, timeout, None)
                 holder = await self._obtain(started, timeout)
                 continue
@@ -247,7 +252,7 @@ class Leases:
                 try:
                     usable = await self._connector.ping(connection)
                 except BaseException:
-                    self._drop(holder)  # cancelled mid-ping: the ping may still be in flight
+                    self.drop(holder)  # cancelled mid-ping: the ping may still be in flight
                     raise
                 if usable:
                     holder.idle_since = _monotonic()
@@ -258,11 +263,11 @@ class Leases:
             connection.terminate()
             self._still_in_time(started, timeout, holder)
             if self.slots.idle:  # another idle one: take it, free the dead one's slot
-                self._drop(holder)
+                self.drop(holder)
                 holder = cast("Holder[Connection]", self.slots.lease_idle(_monotonic()))
             else:  # open a replacement in the same slot, without queueing again
-                holder = await self._open(self.slots.replace(holder))
-        self._drop(holder)
+                holder = await self.open_in(self.slots.replace(holder))
+        self.drop(holder)
         raise self._no_live_connection_error()
 
     def _still_in_time(
@@ -272,7 +277,7 @@ class Leases:
         if self.serving and _monotonic() - started < timeout:
             return
         if holder is not None:
-            self._drop(holder)
+            self.drop(holder)
         raise self._refused() if not self.serving else self._no_live_connection_error()
 
     def _no_live_connection_error(self) -> DatabaseUnavailableError:
@@ -386,14 +391,14 @@ class Leases:
         config = self._config
         try:
             if effect is SessionEffect.BROKEN or connection.is_closed():
-                self._drop(holder)
+                self.drop(holder)
                 return
             if (
                 effect is SessionEffect.DISCARD
                 or (config.max_queries and holder.uses >= config.max_queries)
                 or self._expired(holder, _monotonic())
             ):
-                self._retire(holder)
+                self.retire(holder)
                 return
             if effect or config.reset == "always" or connection.is_in_transaction():
                 self.resets += 1
@@ -403,19 +408,19 @@ class Leases:
                 connection._on_release()  # type: ignore[attr-defined]
                 await self._connector.reset(connection)
             elif settle and not await self._connector.ping(connection):
-                self._drop(holder)
+                self.drop(holder)
                 return
         except asyncio.CancelledError:
-            self._drop(holder)
+            self.drop(holder)
             raise
         except Exception as exc:
             # The session's state is unknown (reset failed, or the connection
             # is busy cancelling a statement): never hand it out again.
             logger.debug("discarding a %s connection: %r", self._name, exc)
-            self._drop(holder)
+            self.drop(holder)
             return
         if holder.stage is Stage.RETURNING:
-            self._put_back(holder)
+            self.put_back(holder)
         else:  # the pool closed while it was being reset
             connection.terminate()
 
@@ -449,17 +454,18 @@ class Leases:
         if not task.cancelled() and task.exception() is not None:
             logger.debug("background release failed: %r", task.exception())
 
-    def _put_back(self, holder: Holder[Connection]) -> None:
+    def put_back(self, holder: Holder[Connection]) -> None:
+        """A good connection back: to the first waiter, else onto the idle stack."""
         if self.slots.put_back(holder, _monotonic()) is None and self._drain is not None:
             self._check_drained()
 
-    def _drop(self, holder: Holder[Connection]) -> None:
+    def drop(self, holder: Holder[Connection]) -> None:
         """Terminate ``holder``'s connection (no I/O awaited) and free its slot, once."""
         if holder.connection is not None:
             holder.connection.terminate()
         self._after(self.slots.drop(holder))
 
-    def _retire(self, holder: Holder[Connection]) -> None:
+    def retire(self, holder: Holder[Connection]) -> None:
         """Close ``holder``'s connection politely in the background; its slot stays counted.
 
         The server never sees more than ``max_size`` of our connections.
@@ -506,60 +512,6 @@ class Leases:
             self._connector.driver_timeout(connection, True)
             holder.timed = True
         return connection
-
-    # -- the pool's upkeep --------------------------------------------------------
-
-    async def grow_idle(self) -> bool:
-        """Open one connection into the idle stack (refill); ``False`` when no slot is free.
-
-        Raises what opening raises.
-        """
-        holder = self.slots.reserve()
-        if holder is None:
-            return False
-        await self._open(holder)
-        self._put_back(holder)
-        return True
-
-    async def fill(self, target: int) -> None:
-        """Open connections (concurrently) until ``target`` slots are in use; all or none.
-
-        On any failure every connection this opened is terminated again and
-        the first error raised.
-        """
-        holders = []
-        while self.slots.count < target:
-            holder = self.slots.reserve()
-            if holder is None:
-                break
-            holders.append(holder)
-        results = await asyncio.gather(
-            *(self._open(holder) for holder in holders), return_exceptions=True
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            for holder in holders:
-                if holder.stage is _LEASED:
-                    self._drop(holder)
-            raise failures[0]
-        for holder in holders:
-            self._put_back(holder)
-
-    def retire_idle(self, now: float) -> None:
-        """Close idle connections past ``max_inactive_lifetime`` (above ``min_size``) or
-        past ``max_lifetime``, those idle longest first."""
-        inactive = self._config.max_inactive_lifetime
-        surplus = self.slots.count - self._config.min_size  # closing ones count until closed
-        for holder in list(self.slots.idle):  # the bottom of the stack has been idle longest
-            unused = bool(inactive) and now - holder.idle_since > inactive and surplus > 0
-            if self._expired(holder, now) or unused:
-                surplus -= 1
-                self._retire(holder)
-
-    def drop_all(self) -> None:
-        """Terminate every tracked connection now and free every slot (a failed open)."""
-        for holder in list(self.slots.holders):
-            self._drop(holder)
 
     # -- the pool's end ------------------------------------------------------------
 

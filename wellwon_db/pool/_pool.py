@@ -256,7 +256,7 @@ class DatabasePool:
             if self._config.capacity_check != "off" and self._state is PoolState.OPENING:
                 await self._check_capacity()
         except BaseException as exc:
-            self.leases.drop_all()
+            self._upkeep.drop_all()
             if self._state is not PoolState.OPENING:  # close() ran meanwhile
                 raise self._closed_while_opening() from exc
             if not isinstance(exc, DatabaseUnavailableError) or self._config.startup_required:
@@ -301,7 +301,7 @@ class DatabasePool:
         backoff = Backoff(0.1, 2.0)
         while True:
             try:
-                await self.leases.fill(self._config.min_size)
+                await self._upkeep.fill(self._config.min_size)
                 return
             except DatabaseUnavailableError:
                 left = deadline - time.monotonic()

@@ -44,7 +44,7 @@ import collections
 import enum
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["BasicWaiter", "Holder", "SlotError", "Slots", "Stage", "Waiter", "WaiterState"]
+__all__ = ["Holder", "SlotError", "Slots", "Stage", "Waiter", "WaiterState"]
 
 C = TypeVar("C")
 
@@ -139,8 +139,7 @@ class Waiter(Protocol[C]):
     """A caller queued for a connection, with its own ``deadline``: what the machine needs.
 
     The machine sets ``state`` (and ``grant`` through :meth:`set`); the
-    pool's waiter is the future its caller awaits (``_waiting.py``), tests
-    use :class:`BasicWaiter`.
+    pool's waiter (``_waiting.py``) also wakes the future its caller awaits.
     """
 
     deadline: float
@@ -155,26 +154,6 @@ class Waiter(Protocol[C]):
         it ``FAILED``, and the grant goes to the next waiter.
         """
         ...
-
-
-class BasicWaiter(Generic[C]):
-    """A :class:`Waiter` that always accepts: the machine's callers in tests."""
-
-    __slots__ = ("deadline", "grant", "state")
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.state = WaiterState.WAITING
-        self.grant: Holder[C] | None = None
-
-    def set(self, grant: Holder[C]) -> bool:
-        """Take ``grant``."""
-        self.state = WaiterState.SERVED
-        self.grant = grant
-        return True
-
-    def __repr__(self) -> str:
-        return f"<BasicWaiter {self.state.value} deadline={self.deadline:.3f}>"
 
 
 class Slots(Generic[C]):

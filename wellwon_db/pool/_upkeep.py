@@ -17,6 +17,7 @@ from wellwon_db.config._config import PoolConfig
 from wellwon_db.errors import DatabaseUnavailableError
 from wellwon_db.pool._backoff import Backoff
 from wellwon_db.pool._leases import Leases
+from wellwon_db.pool._slots import Stage
 
 __all__ = ["Upkeep"]
 
@@ -92,6 +93,50 @@ class Upkeep:
         self.active = False
         self._tasks()
 
+    # -- opening ---------------------------------------------------------------------
+
+    async def fill(self, target: int) -> None:
+        """Open connections (concurrently) until ``target`` slots are in use; all or none.
+
+        On any failure every connection this opened is terminated again and
+        the first error raised.
+        """
+        leases, slots = self._leases, self._leases.slots
+        holders = []
+        while slots.count < target:
+            holder = slots.reserve()
+            if holder is None:
+                break
+            holders.append(holder)
+        results = await asyncio.gather(
+            *(leases.open_in(holder) for holder in holders), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            for holder in holders:
+                if holder.stage is Stage.LEASED:
+                    leases.drop(holder)
+            raise failures[0]
+        for holder in holders:
+            leases.put_back(holder)
+
+    async def grow_idle(self) -> bool:
+        """Open one connection into the idle stack; ``False`` when no slot is free.
+
+        Raises what opening raises.
+        """
+        holder = self._leases.slots.reserve()
+        if holder is None:
+            return False
+        await self._leases.open_in(holder)
+        self._leases.put_back(holder)
+        return True
+
+    def drop_all(self) -> None:
+        """Terminate every tracked connection now and free every slot (a failed open)."""
+        for holder in list(self._leases.slots.holders):
+            self._leases.drop(holder)
+
     # -- refill --------------------------------------------------------------------
 
     def connected(self) -> None:
@@ -116,7 +161,7 @@ class Upkeep:
             while self.active and slots.count < self._config.min_size:
                 self._answered.clear()
                 try:
-                    if not await self._leases.grow_idle():
+                    if not await self.grow_idle():
                         return  # every slot is in use: nothing to refill
                     backoff.reset()
                     continue
@@ -140,7 +185,7 @@ class Upkeep:
         backoff = Backoff(0.1, max(self._config.reconnect_backoff_max, 0.1))
         while True:
             try:
-                await self._leases.grow_idle()
+                await self.grow_idle()
                 break
             except Exception as exc:
                 log = logger.debug if isinstance(exc, DatabaseUnavailableError) else logger.warning
@@ -166,8 +211,21 @@ class Upkeep:
         period = self._housekeeping_period()
         while True:
             await asyncio.sleep(period)
-            self._leases.retire_idle(time.monotonic())
+            self.retire_idle(time.monotonic())
             self.refill_soon()
+
+    def retire_idle(self, now: float) -> None:
+        """Close idle connections past ``max_inactive_lifetime`` (above ``min_size``) or
+        past ``max_lifetime``, those idle longest first."""
+        config = self._config
+        inactive, lifetime = config.max_inactive_lifetime, config.max_lifetime
+        slots = self._leases.slots
+        surplus = slots.count - config.min_size  # closing ones count until closed
+        for holder in list(slots.idle):  # the bottom of the stack has been idle longest
+            unused = bool(inactive) and now - holder.idle_since > inactive and surplus > 0
+            if (lifetime and now - holder.born > lifetime) or unused:
+                surplus -= 1
+                self._leases.retire(holder)
 
     async def _watch_statements(self) -> None:
         """Cancel single statements past the command timeout, at most a tenth of it late."""
