@@ -49,7 +49,14 @@ logger = logging.getLogger("wellwon_db.pool")
 
 _monotonic = time.monotonic
 _current_task = asyncio.current_task
+# Members as module constants: reading one off its enum costs 130-210 ns on 3.11.
+_OPENING = Stage.OPENING
+_IDLE = Stage.IDLE
 _LEASED = Stage.LEASED
+_RETURNING = Stage.RETURNING
+_GONE = Stage.GONE
+_DISCARD = SessionEffect.DISCARD
+_BROKEN = SessionEffect.BROKEN
 
 
 class Leases:
@@ -151,7 +158,7 @@ class Leases:
             # A connection handed over was given back good a moment ago: no check.
         elif holder.stage is _LEASED and self._needs_check(holder, now):
             holder = await self._checked(holder, started, timeout)
-        if holder.stage is Stage.OPENING:
+        if holder.stage is _OPENING:
             holder = await self.open_in(holder)
         now = _monotonic()
         self._begin(holder, started, now)
@@ -170,7 +177,7 @@ class Leases:
             holder = waiter.grant
             if holder is None:
                 raise self._turn_failed(waiter, started, timeout)
-        if holder.stage is Stage.OPENING:
+        if holder.stage is _OPENING:
             holder = await self.open_in(holder)
         return holder
 
@@ -360,7 +367,7 @@ class Leases:
         return True
 
     def _not_leased(self, holder: Holder[Connection]) -> bool:
-        if holder.stage is Stage.GONE:  # the pool closed or abandoned it meanwhile
+        if holder.stage is _GONE:  # the pool closed or abandoned it meanwhile
             if holder.connection is not None:
                 holder.connection.terminate()
             return True
@@ -385,16 +392,16 @@ class Leases:
         caller's connection) pings it first, which waits out a statement
         cancellation still in progress; one that fails is terminated.
         """
-        if holder.stage is not Stage.RETURNING:
+        if holder.stage is not _RETURNING:
             return  # the pool closed or abandoned it meanwhile
         connection = cast("Connection", holder.connection)
         config = self._config
         try:
-            if effect is SessionEffect.BROKEN or connection.is_closed():
+            if effect is _BROKEN or connection.is_closed():
                 self.drop(holder)
                 return
             if (
-                effect is SessionEffect.DISCARD
+                effect is _DISCARD
                 or (config.max_queries and holder.uses >= config.max_queries)
                 or self._expired(holder, _monotonic())
             ):
@@ -419,7 +426,7 @@ class Leases:
             logger.debug("discarding a %s connection: %r", self._name, exc)
             self.drop(holder)
             return
-        if holder.stage is Stage.RETURNING:
+        if holder.stage is _RETURNING:
             self.put_back(holder)
         else:  # the pool closed while it was being reset
             connection.terminate()
@@ -496,7 +503,7 @@ class Leases:
         A leased one is noticed when it comes back.
         """
         holder = holder_of(connection)
-        if holder is not None and holder.stage is Stage.IDLE:
+        if holder is not None and holder.stage is _IDLE:
             self._after(self.slots.drop(holder))
 
     # -- connection-level API (raw use) ------------------------------------------
