@@ -40,6 +40,7 @@ def watch(holder: Holder[Any], since: float, task: Any = None) -> None:
     else:
         holder.owner = task
     holder.watch_base = task.cancelling() if task is not None else 0
+    holder.overdue = False
     holder.watch_since = since
 
 
