@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Literal, TypedDict
 
-__all__ = ["PoolStats"]
+__all__ = ["PoolCount", "PoolStats"]
 
 
 class PoolStats(TypedDict):
@@ -37,3 +37,21 @@ class PoolStats(TypedDict):
     connections_retired: int
     resets: int
     validations_failed: int
+
+
+#: The keys of :class:`PoolStats` that hold counts.
+PoolCount = Literal[
+    "min_size",
+    "max_size",
+    "size",
+    "idle",
+    "in_use",
+    "waiting",
+    "reserved",
+    "acquired",
+    "timeouts",
+    "connections_opened",
+    "connections_retired",
+    "resets",
+    "validations_failed",
+]

@@ -37,6 +37,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import ProxyTracerProvider, Span, SpanKind, Status, StatusCode
 
 from wellwon_db._version import __version__
+from wellwon_db.telemetry._stats import PoolCount, PoolStats
 
 __all__ = [
     "ObservedBreaker",
@@ -58,7 +59,7 @@ class ObservedPool(Protocol):
     @property
     def telemetry(self) -> PoolTelemetry: ...
 
-    def get_stats(self) -> Any: ...
+    def get_stats(self) -> PoolStats: ...
 
 
 class _State(Protocol):
@@ -430,7 +431,7 @@ def record_breaker_transition(transition: ObservedTransition) -> None:
 # -- observable instruments: one stats source, get_stats() -------------------
 
 
-def _stats() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+def _stats() -> Iterator[tuple[dict[str, Any], PoolStats]]:
     for pool in list(_pools):
         yield pool.telemetry.pool_attributes, pool.get_stats()
 
@@ -441,7 +442,7 @@ def _connection_count(options: CallbackOptions) -> Iterable[Observation]:
         yield Observation(stats["in_use"], {**attributes, "db.client.connection.state": "used"})
 
 
-def _stat(key: str) -> Any:
+def _stat(key: PoolCount) -> Any:
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         for attributes, stats in _stats():
             yield Observation(stats[key], attributes)
