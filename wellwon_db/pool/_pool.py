@@ -1,13 +1,13 @@
 """One connection pool per server endpoint: its lifecycle.
 
-:class:`DatabasePool` owns every piece of a pool's state: its lifecycle
-state, the background tasks, and (composed) the :class:`~._leases.Leases`
-that lend connections, whose slot machine (``_slots.py``) decides, and the
+:class:`DatabasePool` owns a pool's lifecycle state and, composed, the
+parts that own the rest: the :class:`~._leases.Leases` that lend
+connections (whose slot machine, ``_slots.py``, decides), the
+:class:`~._upkeep.Upkeep` that runs the background tasks, and the
 :class:`~._connector.Connector` that does the I/O on single connections.
-This module opens the pool (start-up wait, background connect when the
-server is down), keeps it (minimum size, idle and age limits, the statement
-watchdog), and closes it (drain; past the deadline, what still runs is
-cancelled and ended on the server; in a forked child, abandoned).
+This module opens the pool (start-up wait, or an offline start) and closes
+it (drain; past the deadline, what still runs is cancelled and ended on the
+server; in a forked child, abandoned). ``docs/architecture.md`` draws the whole.
 
 Connection-level failures are translated into wellwon_db's errors by
 ``_failures.translate_error``; PostgreSQL's own errors pass through unchanged.
@@ -314,6 +314,7 @@ class DatabasePool:
         self._offline = False
         self.leases.serving = self._state is PoolState.OPEN
 
+    # The Leases' hooks, bound before the Upkeep exists.
     def _refill_soon(self) -> None:
         self._upkeep.refill_soon()
 
