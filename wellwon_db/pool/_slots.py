@@ -13,12 +13,12 @@ slots are in use, never more than ``max_size``. Each belongs to one
                  reserve()           opened()             put_back()
       (free) ─────────────▶ OPENING ──────────▶ LEASED ─────────────────▶ IDLE
         ▲                      │                 │  ▲ ◀──── lease_idle() ───┘
-        │        open_failed() │   begin_return()│  │ put_back()
+        │        open_failed() │   begin_return()│  │ put_back() (reset done)
         │                      ▼                 ▼  │
         ├─────────────────── GONE ◀── drop() ─ RETURNING
-        │                      ▲
+        │                      ▲    (any live stage)
         │                      └── closed() ── CLOSING ◀── retire() ── IDLE, LEASED, RETURNING
-        └──── (a slot freed by a transition to GONE goes to the first waiter, else is uncounted)
+        └──── a slot freed by a move to GONE goes to the first waiter, else is uncounted
 
 The slot rule of every transition is in :meth:`Slots._free`, its one place:
 moves between live stages keep the slot; a move to ``GONE`` frees it, and a
@@ -30,8 +30,7 @@ live stage: the connection is terminated without I/O, or was never made.
 
 Waiters queue first come, first served, each with its own deadline (a second
 queue keeps them in deadline order, so a short timeout behind a long one
-expires on time).
-A waiter is handed a grant through :meth:`Waiter.set`, which says whether it
+expires on time). A waiter is handed a grant through :meth:`Waiter.set`, which says whether it
 still accepts (psycopg_pool's ``WaitingClient``): one that gave up is
 skipped, so nothing handed out is lost.
 
