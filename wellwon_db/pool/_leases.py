@@ -341,6 +341,7 @@ class Leases:
         finish with :meth:`finish_release`. Raises asyncpg's ``InterfaceError``
         when the lease already ended (a double release).
         """
+        # The statement is over: the watchdog must not cancel what follows.
         holder.watch_since = 0.0
         if holder.stage is not _LEASED:
             return self._not_leased(holder)
@@ -440,7 +441,7 @@ class Leases:
         cancelled caller must not wait for it, so the release (and the
         clean-up or discard it decides) finishes on its own.
         """
-        holder.watch_since = 0.0
+        holder.watch_since = 0.0  # the caller is gone: nothing left to time out
         if holder.stage is not _LEASED:
             self._not_leased(holder)
             return
