@@ -107,8 +107,8 @@ class Connector:
         self.dsn = dsn
         self.config = config
         self.address = urlsplit(dsn).netloc.rpartition("@")[2] or "localhost"
-        #: The pool's own per-statement watch is in charge of command timeouts.
-        self.watched = bool(config.command_timeout)
+        # asyncpg's connection configuration without and with its command timeout.
+        self._configs: tuple[object, object] | None = None
 
     async def connect(self) -> Connection:
         """Open one connection; ``DatabaseUnavailableError`` when the server cannot be reached.
@@ -145,8 +145,21 @@ class Connector:
         return translate_error(exc, self.name, f"connecting to {self.address}", may_have_run=False)
 
     def driver_timeout(self, connection: Connection, on: bool) -> None:
-        """Switch asyncpg's own command timeout of ``connection`` on (raw use) or off."""
-        use_driver_timeout(connection, (self.config.command_timeout or None) if on else None)
+        """Switch asyncpg's own command timeout of ``connection`` on (raw use) or off.
+
+        Every connection of the pool has the same configuration, so the two
+        variants are made once and then only swapped: every transaction
+        switches twice, and a namedtuple's ``_replace`` costs a microsecond.
+        """
+        config = connection._config  # type: ignore[attr-defined]
+        variants = self._configs
+        if variants is None or config not in variants:
+            timeout = self.config.command_timeout or None
+            variants = self._configs = (
+                config._replace(command_timeout=None),
+                config._replace(command_timeout=timeout),
+            )
+        connection._config = variants[on]  # type: ignore[attr-defined]
 
     async def ping(self, connection: Connection) -> bool:
         """One round trip within the connect timeout; ``False`` on any failure.
