@@ -17,7 +17,9 @@ A  wellwon_db ``MainDB`` (``ReferenceDB`` for the reference workload) with its
 B  raw asyncpg pool, default reset (a round trip on every release);
 C  raw asyncpg pool with a no-op ``reset``;
 D  psycopg_pool ``AsyncConnectionPool`` with autocommit connections;
-E  SQLAlchemy async engine (``postgresql+asyncpg``) with ``text()`` queries.
+E  SQLAlchemy async engine (``postgresql+asyncpg``) with ``text()`` queries;
+F  the floor of any pool over asyncpg: raw connections in a bare LIFO stack
+   (no reset, no timers, no accounting; nothing a product could ship).
 
 Workloads: ``SELECT 1``; a primary-key lookup in a 10,000-row table; a
 100-row fetch; one INSERT in a transaction; and reference-data reads (one
@@ -27,6 +29,8 @@ its own database: the baseline for a later cache).
     python -m benchmarks.bench_clients                      # asyncio and uvloop
     python -m benchmarks.bench_clients --loop uvloop --rounds 5 --json out.json
     python -m benchmarks.bench_clients --quick              # smoke run
+    python -m benchmarks.bench_clients --loop uvloop --concurrency 32 \
+        --workloads select1,pk,rows100 --clients ours,floor   # against the floor
 
 CPU per operation is ``time.process_time()`` over each measured window divided
 by its operations: the client process only, as PostgreSQL runs in processes of
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime
 import gc
@@ -75,8 +80,12 @@ REFERENCE_KEYS = 500
 
 #: Client keys in run order, and how the tables name them.
 OURS, RAW, RAW_NOOP, PSYCOPG, SQLALCHEMY = "ours", "asyncpg", "asyncpg_noop", "psycopg", "sqla"
+FLOOR = "floor"
+#: Every client, in run order (the rounds rotate it).
+CLIENTS = (OURS, RAW, RAW_NOOP, PSYCOPG, SQLALCHEMY, FLOOR)
 LABELS = {
     OURS: "**wellwon_db {kind}**",
+    FLOOR: "floor: asyncpg connections in a bare LIFO stack",
     RAW: "asyncpg pool (default reset)",
     RAW_NOOP: "asyncpg pool (no-op reset)",
     PSYCOPG: "psycopg_pool (autocommit)",
@@ -219,6 +228,79 @@ class AsyncpgClient:
             self.pool.terminate()
 
 
+_ASYNCPG_CALLS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "value": asyncpg.Connection.fetchval,
+    "row": asyncpg.Connection.fetchrow,
+    "rows": asyncpg.Connection.fetch,
+}
+
+
+class FloorClient:
+    """The floor of any pool over asyncpg: raw connections in a bare LIFO stack.
+
+    A call pops a connection (or queues on a future when none is left), runs
+    its statement and pushes the connection back, handing it to the first
+    queued caller. No reset, no timers (no command or acquire timeout), no
+    validation, no accounting, no error handling: nothing a product could
+    ship, and so the most any pool over asyncpg connections can reach.
+    """
+
+    def __init__(self, connections: list[asyncpg.Connection[asyncpg.Record]]) -> None:
+        self.key, self.label = FLOOR, LABELS[FLOOR]
+        self.idle = connections
+        self.all = list(connections)
+        self.waiters: collections.deque[asyncio.Future[asyncpg.Connection[asyncpg.Record]]] = (
+            collections.deque()
+        )
+
+    @classmethod
+    async def open(cls, dsn: str, size: int) -> FloorClient:
+        connections = await asyncio.gather(*(asyncpg.connect(dsn) for _ in range(size)))
+        return cls(list(connections))
+
+    async def _wait(self) -> asyncpg.Connection[asyncpg.Record]:
+        future: asyncio.Future[asyncpg.Connection[asyncpg.Record]]
+        future = asyncio.get_running_loop().create_future()
+        self.waiters.append(future)
+        return await future
+
+    def _put(self, connection: asyncpg.Connection[asyncpg.Record]) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return
+        self.idle.append(connection)
+
+    def op(self, w: Workload) -> Op:
+        idle, wait, put, sql, params = self.idle, self._wait, self._put, w.sql, w.params
+        if w.kind == "insert":
+
+            async def insert() -> Any:
+                connection = idle.pop() if idle else await wait()
+                try:
+                    async with connection.transaction():
+                        return await connection.execute(sql, *params())
+                finally:
+                    put(connection)
+
+            return insert
+        run = _ASYNCPG_CALLS[w.kind]
+
+        async def call() -> Any:
+            connection = idle.pop() if idle else await wait()
+            try:
+                return await run(connection, sql, *params())
+            finally:
+                put(connection)
+
+        return call
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close(timeout=10) for c in self.all), return_exceptions=True)
+
+
 class OursClient:
     def __init__(self, pool: DatabasePool, db: DatabaseClient) -> None:
         self.key, self.pool, self.db = OURS, pool, db
@@ -342,19 +424,30 @@ def _sqlalchemy_query(
 
 
 async def _open_clients(
-    stack: AsyncExitStack, dsn: str, config: PostgresConfig, database: Database, size: int
+    stack: AsyncExitStack,
+    dsn: str,
+    config: PostgresConfig,
+    database: Database,
+    size: int,
+    keys: Sequence[str],
 ) -> list[Client]:
-    """Open A..E against ``dsn``; each is closed by ``stack`` (also when a later one fails)."""
-    openers: list[Callable[[], Awaitable[Client]]] = [
-        lambda: OursClient.open(config, database, size),
-        lambda: AsyncpgClient.open(dsn, size, noop_reset=False),
-        lambda: AsyncpgClient.open(dsn, size, noop_reset=True),
-        lambda: PsycopgClient.open(dsn, size),
-        lambda: SQLAlchemyClient.open(dsn, size),
-    ]
+    """Open the clients named by ``keys`` against ``dsn``, in the order of :data:`CLIENTS`.
+
+    Each is closed by ``stack`` (also when a later one fails).
+    """
+    openers: dict[str, Callable[[], Awaitable[Client]]] = {
+        OURS: lambda: OursClient.open(config, database, size),
+        RAW: lambda: AsyncpgClient.open(dsn, size, noop_reset=False),
+        RAW_NOOP: lambda: AsyncpgClient.open(dsn, size, noop_reset=True),
+        PSYCOPG: lambda: PsycopgClient.open(dsn, size),
+        SQLALCHEMY: lambda: SQLAlchemyClient.open(dsn, size),
+        FLOOR: lambda: FloorClient.open(dsn, size),
+    }
     clients: list[Client] = []
-    for opener in openers:
-        client = await opener()
+    for key in CLIENTS:
+        if key not in keys:
+            continue
+        client = await openers[key]()
         stack.push_async_callback(client.close)
         clients.append(client)
     return clients
@@ -480,7 +573,9 @@ async def _run_loop(
             continue
         # One database's clients at a time: 5 pools open, never 10.
         async with AsyncExitStack() as stack:
-            clients = await _open_clients(stack, dsns[database], config, database, args.pool_size)
+            clients = await _open_clients(
+                stack, dsns[database], config, database, args.pool_size, args.clients
+            )
             for workload in workloads:
                 await _measure(loop_name, clients, workload, args, cells)
     return cells
@@ -591,6 +686,12 @@ TARGETS = [
     ),
     Target("≥0.95x asyncpg no-op reset (every workload)", RAW_NOOP, 0.95, lambda c: True),
     Target("≥1.00x psycopg_pool (every workload)", PSYCOPG, 1.00, lambda c: True),
+    Target(
+        "≥0.90x the floor (`SELECT 1`, pk lookup, 100-row fetch; c=32)",
+        FLOOR,
+        0.90,
+        lambda c: c.workload in ("select1", "pk", "rows100") and c.concurrency == 32,
+    ),
 ]
 
 
@@ -613,9 +714,22 @@ def _ours_by_workload(cells: list[Cell]) -> list[Cell]:
     return sorted(ours, key=lambda c: (order[c.workload], c.concurrency, loops.index(c.loop)))
 
 
+#: Baselines of the ratio columns, and how the tables title them.
+BASELINES = {
+    RAW: "asyncpg default reset",
+    RAW_NOOP: "asyncpg no-op reset",
+    PSYCOPG: "psycopg_pool",
+    SQLALCHEMY: "SQLAlchemy",
+    FLOOR: "floor",
+}
+
+
 def _report(cells: list[Cell], meta: dict[str, Any], args: argparse.Namespace) -> list[str]:
     short = {w.key: w.short for w in WORKLOADS}
     loops = list(dict.fromkeys(c.loop for c in cells))
+    present = {c.client for c in cells}
+    baselines = [key for key in BASELINES if key in present]
+    detail = [key for key in (RAW, RAW_NOOP, FLOOR) if key in present]
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     out = [
         f"`{meta['command']}`",
@@ -629,12 +743,13 @@ def _report(cells: list[Cell], meta: dict[str, Any], args: argparse.Namespace) -
         "",
         "### Our client's ratios (same-round ops/s ratios: median, and the rounds' range)",
         "",
-        "| workload | c | loop | vs asyncpg default reset | vs asyncpg no-op reset "
-        "| vs psycopg_pool | vs SQLAlchemy |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| workload | c | loop | "
+        + " | ".join(f"vs {BASELINES[key]}" for key in baselines)
+        + " |",
+        "| --- | ---: | --- |" + " ---: |" * len(baselines),
     ]
     for cell in _ours_by_workload(cells):
-        ratios = " | ".join(_ratio_spread(cell, b) for b in (RAW, RAW_NOOP, PSYCOPG, SQLALCHEMY))
+        ratios = " | ".join(_ratio_spread(cell, b) for b in baselines)
         out.append(f"| {short[cell.workload]} | {cell.concurrency} | {cell.loop} | {ratios} |")
     out.append("")
 
@@ -646,16 +761,17 @@ def _report(cells: list[Cell], meta: dict[str, Any], args: argparse.Namespace) -
             out += [
                 f"### {workload.title}, {loop_name}",
                 "",
-                "| c | client | ops/s | p50 ms | p99 ms | CPU µs/op "
-                "| vs asyncpg default | vs asyncpg no-op |",
-                "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+                "| c | client | ops/s | p50 ms | p99 ms | CPU µs/op | "
+                + " | ".join(f"vs {BASELINES[key]}" for key in detail)
+                + " |",
+                "| ---: | --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(detail),
             ]
             for cell in rows:
+                ratios = " | ".join(_fmt_ratio(cell.median_ratio(key)) for key in detail)
                 out.append(
                     f"| {cell.concurrency} | {cell.label} | {cell.median('ops'):,.0f} | "
                     f"{cell.median('p50_ms'):.2f} | {cell.median('p99_ms'):.2f} | "
-                    f"{cell.median('cpu_us'):.0f} | {_fmt_ratio(cell.median_ratio(RAW))} | "
-                    f"{_fmt_ratio(cell.median_ratio(RAW_NOOP))} |"
+                    f"{cell.median('cpu_us'):.0f} | {ratios} |"
                 )
             out.append("")
 
@@ -687,7 +803,7 @@ def _targets(cells: list[Cell]) -> list[str]:
     ]
     met = total = 0
     for target in TARGETS:
-        hits = [c for c in ours if target.applies(c)]
+        hits = [c for c in ours if target.applies(c) and target.baseline in c.ratio]
         for workload in dict.fromkeys(c.workload for c in hits):
             row = []
             for loop_name, concurrency in columns:
@@ -730,6 +846,12 @@ def _workload_key(name: str) -> str:
     return name
 
 
+def _client_key(name: str) -> str:
+    if name not in CLIENTS:
+        raise argparse.ArgumentTypeError(f"unknown client {name!r} ({', '.join(CLIENTS)})")
+    return name
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n")[0],
@@ -756,9 +878,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[w.key for w in WORKLOADS],
         help="comma-separated subset",
     )
+    parser.add_argument(
+        "--clients",
+        type=_list(_client_key),
+        default=list(CLIENTS),
+        help=f"comma-separated subset of {', '.join(CLIENTS)} ({OURS} always runs)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every round's numbers here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 0.3 s")
     args = parser.parse_args(argv)
+    if OURS not in args.clients:
+        args.clients.insert(0, OURS)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 0.3, 0.05
     return args

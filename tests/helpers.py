@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from wellwon_db import Database, PoolConfig, PostgresConfig
+from wellwon_db.pool._slots import Holder, WaiterState
 from wellwon_db.testing import PostgresServer
 
 MAIN_DB = "wellwon_main"
@@ -133,3 +134,20 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+class BasicWaiter:
+    """A slot-machine waiter that always accepts: the machine's callers in its tests."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.state = WaiterState.WAITING
+        self.grant: Holder[str] | None = None
+
+    def set(self, grant: Holder[str]) -> bool:
+        self.state = WaiterState.SERVED
+        self.grant = grant
+        return True
+
+    def __repr__(self) -> str:
+        return f"<BasicWaiter {self.state.value} deadline={self.deadline:.3f}>"

@@ -330,7 +330,7 @@ async def test_rolling_lifetimes_never_exceed_max_size_on_the_server(
     db_env: Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An expired connection keeps its slot until it is closed: never max_size + 1."""
-    from wellwon_db.pool._leases import PooledConnection
+    from wellwon_db.pool._connector import PooledConnection
 
     polite_close = PooledConnection.close
 
@@ -359,7 +359,7 @@ async def test_rolling_lifetimes_never_exceed_max_size_on_the_server(
         held = await asyncio.gather(pool.acquire_connection(), pool.acquire_connection())
 
         async def replaced_and_closed() -> bool:
-            return pool.get_stats()["connections_retired"] >= 2 and not pool._releasing
+            return pool.get_stats()["connections_retired"] >= 2 and not pool.leases.releasing
 
         await wait_until(replaced_and_closed, timeout=5)
         stop.set()

@@ -18,11 +18,6 @@ from wellwon_db.pool._session import SessionEffect
 from wellwon_db.testing import TcpProxy
 
 
-def _slots_consistent(pool: DatabasePool) -> bool:
-    """At rest (nothing being opened): every slot is one tracked connection."""
-    return pool._size == len(pool._connections) and len(set(pool._idle)) == len(pool._idle)
-
-
 async def test_broken_release_counts_one_retirement(db_env: Servers) -> None:
     config = pool_config(min_size=1, max_size=2, capacity_check="off")
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
@@ -64,7 +59,7 @@ async def test_connect_finishing_after_close_leaves_no_negative_slot_count(
         acquiring = asyncio.create_task(pool.acquire_connection())
 
         async def opening() -> bool:
-            return pool._size == 1
+            return pool.leases.slots.count == 1
 
         await wait_until(opening)
         await pool.close(timeout=0.05)  # the connect is still hanging: not drained
@@ -76,7 +71,7 @@ async def test_connect_finishing_after_close_leaves_no_negative_slot_count(
             return await count_connections(db_env.main, name) == 0
 
         await wait_until(none_left)
-        assert pool._size == 0
+        assert pool.leases.slots.count == 0
         assert pool.get_stats()["reserved"] == 0
 
 
@@ -104,14 +99,14 @@ async def test_min_size_is_restored_after_a_dead_idle_connection_is_replaced(
         min_size=2, max_size=2, validation_idle=0, capacity_check="off", application_name=name
     )
     async with DatabasePool(Database.MAIN, db_env.main_dsn, config) as pool:
-        assert len(pool._idle) == 2
+        assert len(pool.leases.slots.idle) == 2
         # Dead (as after a failed ping, or a lost socket whose listener has not run yet):
-        pool._idle[-1].terminate()
+        pool.leases.slots.idle[-1].connection.terminate()  # type: ignore[union-attr]
         connection = await pool.acquire_connection()  # replaced by the other idle one
         await pool.release_connection(connection)
 
         async def back_to_min() -> bool:
-            return pool._size == 2 and await count_connections(db_env.main, name) == 2
+            return pool.leases.slots.count == 2 and await count_connections(db_env.main, name) == 2
 
         await wait_until(back_to_min, timeout=3)
 

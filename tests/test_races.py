@@ -89,14 +89,14 @@ async def test_cancel_during_release_frees_the_half_open_probe(
     # deterministically while the successful call's connection is released.
     pool = client.pool
     resetting = asyncio.Event()
-    real_reset = pool._reset
+    real_reset = pool._connector.reset
 
     async def slow_reset(connection: object) -> None:
         resetting.set()
         await asyncio.sleep(1)
         await real_reset(connection)
 
-    monkeypatch.setattr(pool, "_reset", slow_reset)
+    monkeypatch.setattr(pool._connector, "reset", slow_reset)
     probe = asyncio.create_task(client.execute("SET application_name = 'probe'"))
     await asyncio.wait_for(resetting.wait(), 5)  # the statement succeeded; release runs
     probe.cancel()

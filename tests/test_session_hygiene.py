@@ -45,7 +45,7 @@ async def one_connection(db_env: Servers) -> AsyncIterator[MainDB]:
 async def _all_idle(client: MainDB) -> None:
     async def idle() -> bool:
         stats = client.pool.get_stats()
-        return stats["idle"] == 1 and stats["reserved"] == 0 and not client.pool._releasing
+        return stats["idle"] == 1 and stats["reserved"] == 0 and not client.pool.leases.releasing
 
     await wait_until(idle)
 

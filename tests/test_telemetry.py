@@ -149,11 +149,80 @@ async def test_transaction_groups_its_statements(dbs: tuple[MainDB, ReferenceDB]
         await tx.execute("INSERT INTO t VALUES ($1)", 1)
     (transaction,) = _spans("TRANSACTION")
     statements = [s for s in _exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
-    assert [s.name.split()[0] for s in statements] == ["CREATE", "INSERT"]
+    assert [s.name.split()[0] for s in statements] == ["BEGIN", "CREATE", "INSERT", "COMMIT"]
     for statement in statements:
         assert statement.parent is not None
         assert statement.parent.span_id == transaction.context.span_id
     assert dict(transaction.attributes or {})["wellwon.db.transaction.outcome"] == "commit"
+    # BEGIN and COMMIT are operations the client names itself: db.operation.name is set.
+    begin, commit = statements[0], statements[-1]
+    assert dict(begin.attributes or {})["db.operation.name"] == "BEGIN"
+    assert dict(commit.attributes or {})["db.operation.name"] == "COMMIT"
+    assert "db.operation.name" not in dict(statements[1].attributes or {})  # never guessed
+
+
+async def test_a_rolled_back_transaction_shows_its_rollback(
+    dbs: tuple[MainDB, ReferenceDB],
+) -> None:
+    main, _ = dbs
+    with pytest.raises(ZeroDivisionError):
+        async with main.transaction() as tx:
+            await tx.execute("SELECT 1")
+            raise ZeroDivisionError
+    (transaction,) = _spans("TRANSACTION")
+    names = [s.name for s in _exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert names == ["BEGIN", "SELECT", "ROLLBACK"]
+    (rollback,) = _spans("ROLLBACK")
+    assert rollback.parent is not None
+    assert rollback.parent.span_id == transaction.context.span_id
+    durations = {
+        p.attributes.get("db.operation.name")
+        for p in _metrics()["db.client.operation.duration"]
+        if p.attributes["wellwon.db.database"] == "main"
+    }
+    assert {"BEGIN", "ROLLBACK", "COMMIT"} <= durations
+
+
+async def test_a_retried_call_is_one_span_with_an_event_per_failed_attempt(
+    dbs: tuple[MainDB, ReferenceDB], db_env: Servers
+) -> None:
+    main, _ = dbs
+    query = "SELECT 42 FROM pg_sleep(0.3) AS retried_once"
+
+    async def kill_the_first_run() -> None:
+        admin = await asyncpg.connect(db_env.main_dsn)
+        try:
+
+            async def running() -> bool:
+                return bool(
+                    await admin.fetchval(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE query = $1 AND state = 'active'",
+                        query,
+                    )
+                )
+
+            await wait_until(running)
+        finally:
+            await admin.close()
+
+    kill = asyncio.create_task(kill_the_first_run())
+
+    async def sleep_then_answer() -> int:
+        return int(await main.fetchval(query, idempotent=True))
+
+    _exporter.clear()
+    assert await sleep_then_answer() == 42
+    await kill
+    spans = [s for s in _exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert [s.name for s in spans] == ["SELECT"]  # one operation, both attempts
+    (span,) = spans
+    events = [e for e in span.events if e.name == "exception"]
+    assert len(events) == 1
+    # The connection's loss: its SQLSTATE (admin shutdown, or "connection does not exist").
+    assert (events[0].attributes or {})["exception.type"] in {"57P01", "08003"}
+    assert span.status.is_ok
+    assert "error.type" not in dict(span.attributes or {})
 
 
 async def test_batch_operation_name(dbs: tuple[MainDB, ReferenceDB]) -> None:

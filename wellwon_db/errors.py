@@ -105,18 +105,27 @@ class PoolTimeoutError(WellwonDBError, TimeoutError):
     """No connection became free within the acquire timeout.
 
     Carries ``database``, ``max_size`` (the pool's bound), ``waiters`` (tasks
-    waiting at the moment of the timeout, this one included) and ``timeout``
-    (seconds).
+    waiting at the moment of the timeout, this one included), ``timeout``
+    (the caller's acquire timeout, seconds) and ``waited`` (seconds the
+    caller actually waited, when known).
     """
 
     def __init__(
-        self, message: str, *, database: str, max_size: int, waiters: int, timeout: float
+        self,
+        message: str,
+        *,
+        database: str,
+        max_size: int,
+        waiters: int,
+        timeout: float,
+        waited: float | None = None,
     ) -> None:
         super().__init__(message)
         self.database = database
         self.max_size = max_size
         self.waiters = waiters
         self.timeout = timeout
+        self.waited = waited
 
 
 class ShardRoutingError(WellwonDBError):

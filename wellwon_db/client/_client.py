@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -33,42 +33,13 @@ from wellwon_db.client._transaction import (
 from wellwon_db.config._registry import MAIN, REFERENCE, DatabaseName
 from wellwon_db.errors import ConfigurationError
 from wellwon_db.pool._pool import Connection, DatabasePool
+from wellwon_db.pool._raw import lent
 from wellwon_db.resilience._breaker import CircuitBreaker
 
-__all__ = ["DatabaseClient", "MainDB", "QueryRunner", "ReferenceDB"]
+__all__ = ["DatabaseClient", "MainDB", "ReferenceDB"]
 
 _T = TypeVar("_T")
 Record = asyncpg.Record
-
-
-class QueryRunner(Protocol):
-    """What clients, transaction scopes and the shipped fakes all offer."""
-
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Record]:
-        """Run ``query``; all rows."""
-        ...
-
-    async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None
-    ) -> Record | None:
-        """Run ``query``; the first row or ``None``."""
-        ...
-
-    async def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
-    ) -> Any:
-        """Run ``query``; one value of the first row, or ``None``."""
-        ...
-
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        """Run ``query``; the command status (``"INSERT 0 1"``)."""
-        ...
-
-    async def executemany(
-        self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
-    ) -> None:
-        """Run ``query`` once per argument tuple, atomically."""
-        ...
 
 
 class DatabaseClient(DeclaredClient):
@@ -251,18 +222,18 @@ class DatabaseClient(DeclaredClient):
 
     @asynccontextmanager
     async def _acquire(self) -> AsyncIterator[Connection]:
-        pool = self._slot.get()
+        leases = self._slot.get().leases
         breaker = self._slot.breaker
         breaker.allow()
         started = time.monotonic()
         try:
-            connection = await pool.acquire_connection()
+            holder = leases.lease_nowait() or await leases.lease(started)
         except BaseException as exc:
             record_outcome(breaker, exc, started)
             raise
         breaker.record_ignored()
-        async with pool.lease(connection) as lent:
-            yield lent
+        async with lent(leases, holder) as connection:
+            yield connection
 
 
 class MainDB(DatabaseClient, database=MAIN):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from wellwon_db.client._breaker_watch import BreakerWatch
 from wellwon_db.config._policies import BreakerConfig, RetryConfig
 from wellwon_db.config._registry import Database, DatabaseName, database_name
 from wellwon_db.errors import ConfigurationError, PoolClosedError
@@ -35,6 +36,7 @@ class PoolSlot:
 
     __slots__ = (
         "breaker",
+        "breaker_watch",
         "cache",
         "cache_off",
         "database",
@@ -63,6 +65,9 @@ class PoolSlot:
         self.cache_off: ConfigurationError | None = None
         self.breaker = CircuitBreaker(str(self.database), breaker)
         self.breaker.add_listener(record_breaker_transition)
+        #: Fails queued callers when the breaker opens; checks the server while open.
+        self.breaker_watch = BreakerWatch(self)
+        self.breaker.add_listener(self.breaker_watch)
         self.retry = RetryPolicy(str(self.database), retry)
 
     def __repr__(self) -> str:

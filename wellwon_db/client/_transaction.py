@@ -25,6 +25,7 @@ from wellwon_db.pool._failures import translate_error
 from wellwon_db.pool._pool import Connection, DatabasePool
 from wellwon_db.pool._raw import RawConnection
 from wellwon_db.pool._session import SessionEffect, session_effect, writes_data
+from wellwon_db.pool._slots import Holder
 from wellwon_db.resilience._retry import is_transaction_retryable
 from wellwon_db.telemetry._telemetry import PoolTelemetry
 
@@ -187,6 +188,7 @@ class Transaction:
 
     __slots__ = (
         "_connection",
+        "_holder",
         "_options",
         "_pool",
         "_scope",
@@ -211,6 +213,7 @@ class Transaction:
         self._pool: DatabasePool | None = None
         self._options = (isolation, readonly, deferrable)
         self._connection: Connection | None = None
+        self._holder: Holder[Connection] | None = None
         self._scope: TransactionScope | None = None
         self._tx: Any = None
         self._started = 0.0
@@ -231,27 +234,32 @@ class Transaction:
         try:
             breaker.allow()
         except BaseException as exc:
+            pool.telemetry.refused("breaker_open")
             self._end_span("refused", exc)
             raise
         self._started = started = time.monotonic()
+        leases = pool.leases
         try:
-            connection = pool.take_idle() or await pool.acquire_slow(started)
+            holder = leases.lease_nowait() or await leases.lease(started)
         except BaseException as exc:
             record_outcome(breaker, exc, started)
             self._end_span("not started", exc)
             raise
+        # A transaction runs statements the pool does not watch: asyncpg times them.
+        connection = leases.lend(holder)
         isolation, readonly, deferrable = self._options
         try:
             tx = connection.transaction(
                 isolation=isolation, readonly=readonly, deferrable=deferrable
             )
-            await tx.__aenter__()
+            await _operation(pool.telemetry, "BEGIN", tx.__aenter__())
         except BaseException as exc:
             # asyncpg may still count a transaction as open: reset fully.
             if isinstance(exc, asyncio.CancelledError):
-                pool.release_soon(connection, SessionEffect.RESET)  # BEGIN may be in flight
+                # BEGIN may be in flight.
+                leases.release_in_background(holder, SessionEffect.RESET)
             else:
-                await pool.release_connection(connection, SessionEffect.RESET)
+                await leases.release(holder, SessionEffect.RESET)
             # Nothing ran: a failed BEGIN is safe to retry.
             error = translate_error(
                 exc, pool.database, "starting a transaction", may_have_run=False
@@ -262,6 +270,7 @@ class Transaction:
                 raise
             raise error from exc
         self._connection = connection
+        self._holder = holder
         self._tx = tx
         self._scope = TransactionScope(connection, pool.database, self, pool.telemetry)
         return self._scope
@@ -274,9 +283,10 @@ class Transaction:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
-        connection, pool = self._connection, self._pool
-        if connection is None or pool is None:
+        holder, pool, connection = self._holder, self._pool, self._connection
+        if holder is None or pool is None or connection is None:
             raise RuntimeError("Transaction.__aexit__ called without __aenter__")
+        leases = pool.leases
         breaker = self._slot.breaker
         if self._scope is not None:
             self._scope._end()  # statements after the block must not reach the pool's connection
@@ -287,7 +297,7 @@ class Transaction:
             self._end_span("cancelled", exc)
             # Rolled back and reset in the background: asyncpg's own record of
             # the open transaction must go too, or the next lease nests in it.
-            pool.release_soon(connection, max(self.effect, SessionEffect.RESET))
+            leases.release_in_background(holder, max(self.effect, SessionEffect.RESET))
             return
         if exc is None and connection.is_closed():
             # Lost while the block ran (a backend terminated while the
@@ -295,13 +305,15 @@ class Transaction:
             lost = _lost_before_commit(pool.database)
             record_outcome(breaker, lost, self._started)
             self._end_span("rollback", lost)
-            await pool.release_connection(connection, SessionEffect.BROKEN)
+            await leases.release(holder, SessionEffect.BROKEN)
             raise lost
         try:
             if exc is None:
                 self.commit_attempted = True
                 try:
-                    await self._tx.__aexit__(None, None, None)
+                    await _operation(
+                        pool.telemetry, "COMMIT", self._tx.__aexit__(None, None, None)
+                    )
                 except BaseException as error:
                     translated = _commit_failure(error, connection, pool.database)
                     if (
@@ -321,30 +333,48 @@ class Transaction:
                         await record_position(self._slot, connection)
                     except Exception:
                         # Committed; only the position could not be read (recorded as unknown).
-                        await pool.release_connection(connection, SessionEffect.BROKEN)
+                        await leases.release(holder, SessionEffect.BROKEN)
                         return
             else:
                 record_outcome(breaker, exc, self._started)
-                self._end_span("rollback", exc)
                 # A failed rollback must not hide the error that caused it;
                 # the connection is discarded on release when it is unusable.
                 with contextlib.suppress(Exception):
-                    await self._tx.__aexit__(exc_type, exc, tb)
+                    await _operation(
+                        pool.telemetry, "ROLLBACK", self._tx.__aexit__(exc_type, exc, tb)
+                    )
+                self._end_span("rollback", exc)
         except asyncio.CancelledError:
             # Cancelled mid-COMMIT or mid-ROLLBACK: the statement may still be
             # in flight and its outcome is unknown, so the connection is
             # terminated in the background and the caller does not wait.
             self._end_span("cancelled", None)
-            pool.release_soon(connection, SessionEffect.BROKEN)
+            leases.release_in_background(holder, SessionEffect.BROKEN)
             raise
         except BaseException:
             self._end_span("cancelled", None)
-            await pool.release_connection(connection, max(self.effect, SessionEffect.RESET))
+            await leases.release(holder, max(self.effect, SessionEffect.RESET))
             raise
-        await pool.release_connection(connection, self.effect)
+        await leases.release(holder, self.effect)
 
     def __repr__(self) -> str:
         return f"<Transaction {self._slot.database} options={self._options}>"
+
+
+async def _operation(telemetry: PoolTelemetry, name: str, statement: Awaitable[Any]) -> None:
+    """``BEGIN``, ``COMMIT`` or ``ROLLBACK``, sent by asyncpg, as an operation of its own.
+
+    Its span is a child of the transaction's; ``db.operation.name`` is set,
+    since the client knows the statement without reading any text.
+    """
+    span = telemetry.start(name, operation=name)
+    started = time.monotonic()
+    try:
+        await statement
+    except BaseException as exc:
+        telemetry.finish(span, name, started, exc, sent=started, operation=name)
+        raise
+    telemetry.finish(span, name, started, sent=started, operation=name)
 
 
 def _lost_in_transaction(

@@ -110,6 +110,7 @@ async def open_database_pool(
         unregister_breaker(slot.breaker)
         if slot.pool is pool:
             slot.pool = None
+        await slot.breaker_watch.stop()
         slot.cache = None
         if service is not None:
             await service.stop()
@@ -266,6 +267,7 @@ async def open_replica_set(
         )
         for endpoint in endpoints:
             endpoint.slot.pool = None
+            await endpoint.slot.breaker_watch.stop()
 
 
 class ReplicaProviders(NamedTuple, Generic[_R]):

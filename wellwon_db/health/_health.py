@@ -238,8 +238,8 @@ class HealthChecker:
         if isinstance(slot, ReplicaSet):
             return _replica_health(slot, settings, latency_ms, version, error)
         pool = slot.pool
-        stats = pool.get_stats() if pool is not None else {}
-        breaker = slot.breaker.snapshot()
+        stats: dict[str, Any] = dict(pool.get_stats()) if pool is not None else {}
+        breaker: dict[str, Any] = dict(slot.breaker.snapshot())
         return DatabaseHealth(
             database=str(database),
             status=database_status(error is None, breaker["state"], stats),

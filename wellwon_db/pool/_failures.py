@@ -45,7 +45,8 @@ def translate_error(
     """Map a connection-level failure to ``DatabaseUnavailableError``; others unchanged.
 
     ``TimeoutError`` (a command timeout) and PostgreSQL errors about the SQL
-    itself are returned as they are. The caller raises the result ``from exc``.
+    itself are returned as they are. ``database`` is the database's name. The
+    caller raises the result ``from exc``.
     """
     if isinstance(exc, TimeoutError) or not isinstance(exc, _UNAVAILABLE):
         return exc

@@ -1,619 +1,397 @@
-"""Leases: handing connections out and taking them back, for :class:`DatabasePool`.
+"""Lending connections and taking them back: the per-call path of a pool.
 
-The pool owns its asyncpg connections directly (no ``asyncpg.Pool``
-underneath): idle connections wait in a LIFO stack, callers that find none
-queue FIFO, and a connection given back goes straight to the first waiter.
-``_size`` counts every connection slot in use: open connections plus those
-being opened, never above ``max_size``. A slot freed by a discarded
-connection passes to the first waiter, who opens a new connection in it.
+:class:`Leases` carries out the decisions of the slot machine
+(``_slots.py``): it awaits the connects, checks, resets and closes those
+decisions call for, and keeps the lease counters. Queued callers are
+``_waiting.py``'s, the command-timeout watch ``_watchdog.py``'s. The pool
+(``_pool.py``) owns a ``Leases`` and drives its lifecycle.
 
-A lease begins when a caller gets a connection (validated when it sat idle
-too long) and ends when it comes back: reset when its session was changed,
-closed when too old or untrustworthy, released in the background when the
-caller was cancelled. The common case, an idle connection out and back
-unchanged, involves no await and no allocation besides the caller's own.
-The pool's lifecycle (open, housekeeping, drain, fork) lives in ``_pool.py``.
+The API the client layer uses, in the order of a call::
+
+    holder = leases.lease_nowait() or await leases.lease(started)
+    leases.watch(holder, started)          # a single statement, no timeout= given
+    ... await holder.connection.fetch(...) ...
+    if not leases.release_nowait(holder, effect):
+        await leases.finish_release(holder, effect)
+    # a cancelled caller: leases.release_in_background(holder, effect)
+
+``lease_nowait``/``release_nowait`` are the common case without an await:
+an idle connection out and back unchanged. Everything that needs I/O (a
+connection to open or check, a waiter's turn, a reset, a close) is in the
+awaitable counterparts. A connection used for more than one statement (a
+transaction, a raw ``acquire()``, see ``_raw.py``) is lent with
+:meth:`lend`, which gives it asyncpg's own command timeout for the lease.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import enum
 import logging
-import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import asyncpg
 
 from wellwon_db.config._policies import PoolConfig
-from wellwon_db.config._registry import DatabaseName
-from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
-from wellwon_db.pool import _fork
-from wellwon_db.pool._failures import translate_error
-from wellwon_db.pool._raw import RawConnection
+from wellwon_db.errors import DatabaseUnavailableError
+from wellwon_db.pool import _fork, _watchdog
+from wellwon_db.pool._connector import Connection, Connector, close_or_terminate, holder_of
+from wellwon_db.pool._pressure import PressureWatch
 from wellwon_db.pool._session import SessionEffect
+from wellwon_db.pool._slots import Holder, Slots, Stage, Waiter
+from wellwon_db.pool._waiting import AsyncWaiter, WaitQueue
 from wellwon_db.telemetry._telemetry import PoolTelemetry
 
-__all__ = [
-    "RESET_SQL",
-    "Connection",
-    "ConnectionInfo",
-    "PoolLeases",
-    "PoolState",
-    "PooledConnection",
-    "Turn",
-    "close_or_terminate",
-]
+__all__ = ["Leases"]
 
 logger = logging.getLogger("wellwon_db.pool")
 
-#: What a lease hands out: an asyncpg connection owned by the pool.
-Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
-
-#: A waiter's turn: resolved with a connection, or with ``None`` for a free
-#: slot in which the waiter opens a connection itself.
-Turn: TypeAlias = "asyncio.Future[Connection | None]"
-
 _monotonic = time.monotonic
+_current_task = asyncio.current_task
+# Members as module constants: reading one off its enum costs 130-210 ns on 3.11.
+_OPENING = Stage.OPENING
+_IDLE = Stage.IDLE
+_LEASED = Stage.LEASED
+_RETURNING = Stage.RETURNING
+_GONE = Stage.GONE
+_DISCARD = SessionEffect.DISCARD
+_BROKEN = SessionEffect.BROKEN
 
 
-#: Python 3.11's ``asyncio.current_task()`` is a Python function reading this
-#: dict (kept by the C task implementation); reading it directly saves a
-#: frame per lease. 3.12 made ``current_task`` C code: ``None`` there.
-_TASKS: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = (
-    getattr(asyncio.tasks, "_current_tasks", None) if sys.version_info < (3, 12) else None
-)
-_running_loop = asyncio.events._get_running_loop
+class Leases:
+    """Acquire and release for one pool; see the module docs for the call sequence.
 
-
-class PoolState(enum.Enum):
-    """Lifecycle of a :class:`DatabasePool`. Moves forward only."""
-
-    NEW = "new"
-    OPENING = "opening"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-#: What a reset undoes: what DISCARD ALL does except deallocating prepared
-#: statements and dropping their plans, which asyncpg's statement cache uses.
-RESET_SQL: Final = (
-    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; "
-    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
-)
-
-
-if TYPE_CHECKING:
-    _ConnectionBase = asyncpg.Connection[asyncpg.Record]
-else:
-    _ConnectionBase = asyncpg.Connection
-
-
-class PooledConnection(_ConnectionBase):
-    """The asyncpg connection class of our pools: its reset is :data:`RESET_SQL`.
-
-    asyncpg's public ``Connection.reset()`` first clears asyncpg's own
-    session bookkeeping (listeners, log listeners, the open-transaction
-    marker) and rolls back, then runs :meth:`get_reset_query`.
+    ``refused`` builds the error for a pool not serving (not open, closed,
+    offline, forked); ``below_min`` is called when the pool fell below
+    ``min_size``, ``connected`` after every successful connect (both hooks
+    of the pool's refill).
     """
 
-    __slots__ = ()
+    #: Watch the single statement about to run (see ``_watchdog.watch``).
+    watch = staticmethod(_watchdog.watch)
+    #: Whether a caught ``CancelledError`` was the watchdog's (``_watchdog.timed_out``).
+    timed_out = staticmethod(_watchdog.timed_out)
 
-    def get_reset_query(self) -> str:
-        """The statements that undo a session's state."""
-        return RESET_SQL
-
-
-class _TurnTimeout(Exception):
-    """A waiter's acquire timeout expired."""
-
-
-class ConnectionInfo:
-    """What the pool remembers of one open connection."""
-
-    __slots__ = ("born", "holder", "idle_since", "leased_at", "uses")
-
-    def __init__(self, born: float) -> None:
-        self.born = born
-        self.idle_since = born
-        self.leased_at: float | None = None
-        self.holder: asyncio.Task[Any] | None = None
-        self.uses = 0
-
-
-class PoolLeases:
-    """Acquire and release for :class:`~wellwon_db.pool._pool.DatabasePool` (its base class).
-
-    The pool's constructor sets every attribute declared here; ``_connect``
-    (open one connection) is the pool's.
-    """
-
-    _database: DatabaseName
-    _config: PoolConfig
-    _state: PoolState
-    _serving: bool
-    _offline: bool
-    _fork_generation: int
-    _idle: collections.deque[Connection]
-    _connections: dict[Connection, ConnectionInfo]
-    _size: int
-    _max_size: int
-    _waiters: collections.deque[tuple[float, Turn]]
-    _expiry: asyncio.TimerHandle | None
-    _drained: asyncio.Future[None] | None
-    _releasing: set[asyncio.Task[None]]
-    _validation_idle: float
-    _leased: int
-    _pressure_since: float | None
-    _pressure_warned: bool
-    _always_reset: bool
-    _max_lifetime: float
-    _max_uses: int
-    _pressure_leases: float
-    _pressure_timer: asyncio.TimerHandle | None
-    _lease_metrics: bool
-    _waiting: int
-    _stats: dict[str, int]
-    _address: str
-    telemetry: PoolTelemetry
-
-    async def _connect(self, *, pooled: bool = True) -> Connection:
-        raise NotImplementedError  # DatabasePool's
-
-    def _refill_soon(self) -> None:
-        raise NotImplementedError  # DatabasePool's
-
-    # -- errors --------------------------------------------------------------
-
-    def _forked_error(self) -> PoolClosedError:
-        return PoolClosedError(
-            f"the {self._database} pool was opened before this process was forked; its "
-            "connections belong to the parent and cannot be used here. Open pools after "
-            "forking (in each worker's start-up or lifespan, not at import time or with "
-            "gunicorn --preload), or call stop_databases() then start_databases() in the child",
-            database=str(self._database),
+    def __init__(
+        self,
+        name: str,
+        config: PoolConfig,
+        connector: Connector,
+        telemetry: PoolTelemetry,
+        *,
+        refused: Callable[[], Exception],
+        below_min: Callable[[], None],
+        connected: Callable[[], None],
+    ) -> None:
+        self.slots: Slots[Connection] = Slots(config.max_size, config.min_size)
+        self.waiters = WaitQueue(name, config, self.slots)
+        #: True while calls may take connections: the one check of the per-call path.
+        self.serving = False
+        #: The fork generation the pool opened in; another one means a forked child.
+        self.generation = _fork.generation
+        self.telemetry = telemetry
+        self._name = name
+        self._config = config
+        self._connector = connector
+        self._refused = refused
+        self._below_min = below_min
+        self._connected = connected
+        self._pressure = PressureWatch(
+            name, config, telemetry, counts=lambda: (self.leased, self.slots.waiting)
         )
-
-    def _env(self, field: str) -> str:
-        """The setting that controls ``field``, as named in messages (its env variable)."""
-        return self._config.setting_names.get(field, field)
-
-    def _closed_error(self) -> PoolClosedError:
-        if self._state is PoolState.NEW or self._state is PoolState.OPENING:
-            what = "has not been opened yet; start the container's resources first"
-        else:
-            what = "is closed; get a new client after starting the container again"
-        return PoolClosedError(
-            f"the {self._database} database pool {what} (wellwon_db.start_databases(container))",
-            database=str(self._database),
-        )
-
-    def _not_serving_error(self) -> Exception:
-        if self._fork_generation != _fork.generation:
-            return self._forked_error()
-        if self._state is PoolState.OPEN and self._offline:
-            return DatabaseUnavailableError(
-                f"the {self._database} database at {self._address} has not answered "
-                "since start-up; connecting in the background",
-                database=str(self._database),
-                may_have_run=False,
-            )
-        return self._closed_error()
+        self._drain: asyncio.Future[None] | None = None
+        #: Background releases and closes still running.
+        self.releasing: set[asyncio.Task[None]] = set()
+        self.leased = 0
+        self.acquired = 0
+        self.resets = 0
+        self.validations_failed = 0
 
     # -- acquire -------------------------------------------------------------
 
-    async def acquire_connection(self) -> Connection:
-        """Take a connection; hand it back with :meth:`release_connection`.
+    def lease_nowait(self) -> Holder[Connection] | None:
+        """An idle connection that needs no check, leased to the caller; else ``None``.
 
-        Raises ``PoolTimeoutError`` after the acquire timeout,
-        ``DatabaseUnavailableError`` when a new connection cannot be made,
-        ``PoolClosedError`` when the pool is not open.
+        No await. ``None`` means: call :meth:`lease`. Raises the pool's
+        refusal (``PoolClosedError``, ``DatabaseUnavailableError``) when the
+        pool is not serving.
         """
-        connection = self.take_idle()
-        if connection is not None:
-            return connection
-        return await self.acquire_slow(_monotonic())
-
-    def take_idle(self) -> Connection | None:
-        """The common case of :meth:`acquire_connection`, with no await: an idle
-        connection that needs no check, leased to the caller; else ``None``.
-
-        Raises like :meth:`acquire_connection` when the pool is not serving.
-        """
-        if not self._serving or self._fork_generation != _fork.generation:
-            raise self._not_serving_error()
-        idle = self._idle
+        if not self.serving or self.generation != _fork.generation:
+            raise self._refused()
+        idle = self.slots.idle
         if not idle:
             return None
-        connection = idle[-1]
-        info = self._connections[connection]
+        holder = idle[-1]
         now = _monotonic()
-        if self._needs_check(connection, info, now):
-            return None  # the slow path checks it
-        idle.pop()
-        self._begin_lease(info, now, now)
-        return connection
+        if self._needs_check(holder, now):
+            return None  # lease() checks it
+        self.slots.lease_idle(now)
+        self._begin(holder, now, now)
+        return holder
 
-    async def acquire_slow(self, started: float) -> Connection:
-        """:meth:`acquire_connection` when :meth:`take_idle` found nothing to hand out.
+    async def lease(self, started: float, timeout: float | None = None) -> Holder[Connection]:
+        """A connection for the caller: idle, newly opened, or after queueing for one.
 
-        ``started`` (``time.monotonic()``) is when the caller began waiting.
+        ``started`` (``time.monotonic()``) is when the caller began; it
+        waits at most ``timeout`` seconds from then (default: the pool's
+        acquire timeout), else ``PoolTimeoutError``. ``DatabaseUnavailableError``
+        when no live connection can be had, the pool's refusal when it is
+        not serving.
         """
-        if not self._serving or self._fork_generation != _fork.generation:
-            raise self._not_serving_error()
-        if self._idle:
-            connection = self._idle.pop()
-        elif self._size < self._max_size:
-            connection = await self._grow()
-        else:
-            connection = await self._wait_turn(self._config.timeout)
-        info = self._connections[connection]
+        if not self.serving or self.generation != _fork.generation:
+            raise self._refused()
+        if timeout is None:
+            timeout = self._config.timeout
+        # Idle, else a free slot, else a turn: inline (one coroutine frame),
+        # since above the pool size every call comes here.
         now = _monotonic()
-        if self._needs_check(connection, info, now):
-            connection = await self._checked(connection, started)
-            info = self._connections[connection]
-            now = _monotonic()
-        self._begin_lease(info, started, now)
-        return connection
+        holder = self.slots.acquire(now)
+        if holder is None:
+            waiter = self.waiters.enter(started + timeout)
+            # Queued: an episode of pressure may begin without any lease event.
+            self._pressure.update(now, self.leased, self.slots.waiting)
+            try:
+                await waiter.future
+            except asyncio.CancelledError:
+                self._withdraw(waiter)
+                raise
+            holder = waiter.grant
+            if holder is None:
+                raise self._turn_failed(waiter, started, timeout)
+            # A connection handed over was given back good a moment ago: no check.
+        elif holder.stage is _LEASED and self._needs_check(holder, now):
+            holder = await self._checked(holder, started, timeout)
+        if holder.stage is _OPENING:
+            holder = await self.open_in(holder)
+        now = _monotonic()
+        self._begin(holder, started, now)
+        return holder
 
-    def _needs_check(self, connection: Connection, info: ConnectionInfo, now: float) -> bool:
-        """Whether an idle ``connection`` must go through :meth:`_checked` before use."""
+    async def _obtain(self, started: float, timeout: float) -> Holder[Connection]:
+        """What :meth:`lease` does before the check: idle, a new connection, or a turn."""
+        holder = self.slots.acquire(_monotonic())
+        if holder is None:
+            waiter = self.waiters.enter(started + timeout)
+            try:
+                await waiter.future
+            except asyncio.CancelledError:
+                self._withdraw(waiter)
+                raise
+            holder = waiter.grant
+            if holder is None:
+                raise self._turn_failed(waiter, started, timeout)
+        if holder.stage is _OPENING:
+            holder = await self.open_in(holder)
+        return holder
+
+    def _withdraw(self, waiter: AsyncWaiter) -> None:
+        """A queued caller was cancelled: what it was handed meanwhile goes on."""
+        grant = self.slots.withdraw(waiter)
+        if grant is not None:
+            self._after(self.slots.pass_on(grant, _monotonic()))
+
+    def _turn_failed(self, waiter: AsyncWaiter, started: float, timeout: float) -> Exception:
+        """Why a queued caller got nothing: the pool closed, it was failed (its database is
+        down), or its own deadline passed."""
+        if self.slots.closing or not self.serving:
+            return self._refused()
+        if waiter.error is not None:
+            return waiter.error
+        return self.waiters.timeout_error(waiter, started, timeout)
+
+    async def open_in(self, holder: Holder[Connection]) -> Holder[Connection]:
+        """Open a connection in ``holder``'s reserved slot; the slot is freed on failure.
+
+        The holder is then ``LEASED`` to the caller (give it back with
+        :meth:`put_back`). Raises what connecting raises, or the pool's
+        refusal when it closed meanwhile.
+        """
+        started = _monotonic()
+        try:
+            connection = await self._connector.connect()
+        except BaseException:
+            self._after(self.slots.open_failed(holder))
+            raise
+        now = _monotonic()
+        if not self.slots.opened(holder, connection, now) or self.generation != _fork.generation:
+            connection.terminate()  # the pool closed (or this is a forked child) meanwhile
+            self._after(self.slots.drop(holder))
+            raise self._refused()
+        connection.holder = holder  # type: ignore[attr-defined]
+        connection.add_termination_listener(self._on_terminated)
+        self.telemetry.connection_created(now - started)
+        self._connected()
+        return holder
+
+    def _needs_check(self, holder: Holder[Connection], now: float) -> bool:
+        """Whether an idle connection must go through :meth:`_checked` before use."""
+        config = self._config
+        connection = holder.connection
+        assert connection is not None
         return bool(
-            (self._validation_idle and now - info.idle_since > self._validation_idle)
-            or self._expired(info, now)
+            (config.validation_idle and now - holder.idle_since > config.validation_idle)
+            or (config.max_lifetime and now - holder.born > config.max_lifetime)
             or connection.is_closed()
         )
 
-    def _expired(self, info: ConnectionInfo, now: float) -> bool:
+    def _expired(self, holder: Holder[Connection], now: float) -> bool:
         """Older than ``max_lifetime`` (never, when it is 0)."""
-        return bool(self._max_lifetime) and now - info.born > self._max_lifetime
+        lifetime = self._config.max_lifetime
+        return bool(lifetime) and now - holder.born > lifetime
 
-    async def _grow(self) -> Connection:
-        """Reserve a new slot (before any await) and open a connection in it."""
-        self._size += 1
-        return await self._open_in_slot()
+    async def _checked(
+        self, holder: Holder[Connection], started: float, timeout: float
+    ) -> Holder[Connection]:
+        """``holder``, or a live replacement when it is dead, expired or fails its ping.
 
-    async def _open_in_slot(self) -> Connection:
-        """Open a connection in a slot already counted in ``_size``; free it on failure."""
-        try:
-            return await self._connect()
-        except BaseException:
-            self._free_slot()
-            raise
-
-    async def _wait_turn(self, timeout: float) -> Connection:
-        """Queue (FIFO) until a connection or a free slot is handed to us.
-
-        Raises ``PoolTimeoutError`` after ``timeout`` seconds. A waiter that
-        times out or is cancelled after being handed something passes it on,
-        so nothing handed out is ever lost. All waiters share one timer:
-        their deadlines come in queue order.
-        """
-        loop = asyncio.get_running_loop()
-        turn: Turn = loop.create_future()
-        self._waiters.append((loop.time() + timeout, turn))
-        if self._expiry is None:
-            self._arm_expiry(loop)
-        self._waiting += 1
-        self._watch_pressure(_monotonic())
-        try:
-            handed = await turn
-        except _TurnTimeout:
-            self._stats["timeouts"] += 1
-            waiters = self._waiting
-            raise PoolTimeoutError(
-                f"no connection to the {self._database} database within {timeout:g}s: "
-                f"all {self._config.max_size} connections in use, {waiters} tasks waiting "
-                f"(raise {self._env('pool_max_size')} or {self._env('pool_timeout_sec')}, "
-                "or hold connections for shorter)",
-                database=str(self._database),
-                max_size=self._config.max_size,
-                waiters=waiters,
-                timeout=timeout,
-            ) from None
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled() and turn.exception() is None:
-                self._pass_on(turn.result())  # handed something, then cancelled
-            else:
-                turn.cancel()  # the queue skips it
-            raise
-        finally:
-            self._waiting -= 1
-            self._watch_pressure(_monotonic())
-        if handed is None:
-            return await self._open_in_slot()
-        return handed
-
-    def _arm_expiry(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._expiry = loop.call_at(self._waiters[0][0], self._expire_waiters, loop)
-
-    def _expire_waiters(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Fail the waiters whose deadline passed; re-arm for the next one."""
-        self._expiry = None
-        waiters = self._waiters
-        now = loop.time()
-        while waiters and waiters[0][0] <= now:
-            _, turn = waiters.popleft()
-            if not turn.done():
-                turn.set_exception(_TurnTimeout())
-        while waiters and waiters[0][1].done():
-            waiters.popleft()
-        if waiters:
-            self._arm_expiry(loop)
-
-    def _next_waiter(self) -> Turn | None:
-        waiters = self._waiters
-        while waiters:
-            turn = waiters.popleft()[1]
-            if not turn.done():
-                return turn
-        return None
-
-    def _pass_on(self, handed: Connection | None) -> None:
-        if handed is None:
-            self._free_slot()
-        else:
-            self._put_back(handed)
-
-    def _put_back(self, connection: Connection) -> None:
-        """A usable connection is free: to the first waiter, else to the idle stack."""
-        if self._waiters:
-            turn = self._next_waiter()
-            if turn is not None:
-                turn.set_result(connection)
-                return
-        self._idle.append(connection)
-        if self._drained is not None:
-            self._check_drained()
-
-    def _free_slot(self) -> None:
-        """A slot is free (its connection is gone): to the first waiter, else uncount it.
-
-        After close every slot is already uncounted: nothing to do.
-        """
-        if self._state is PoolState.CLOSED:
-            return
-        if self._waiters and self._state is PoolState.OPEN:
-            turn = self._next_waiter()
-            if turn is not None:
-                turn.set_result(None)  # it opens a connection in this slot
-                return
-        self._size -= 1
-        if self._drained is not None:
-            self._check_drained()
-        elif self._size < self._config.min_size:
-            self._refill_soon()
-
-    def _check_drained(self) -> None:
-        drained = self._drained
-        if drained is not None and not drained.done() and len(self._idle) >= self._size:
-            drained.set_result(None)
-
-    def _acquire_error(self, exc: BaseException) -> BaseException:
-        """Translate a failure to open a connection."""
-        if isinstance(exc, TimeoutError):
-            return DatabaseUnavailableError(
-                f"the {self._database} database at {self._address} did not answer "
-                f"within the connect timeout of {self._config.connect_timeout:g}s",
-                database=str(self._database),
-                may_have_run=False,
-            )
-        return translate_error(
-            exc, self._database, f"connecting to {self._address}", may_have_run=False
-        )
-
-    # -- validation ------------------------------------------------------------
-
-    async def _checked(self, connection: Connection, started: float) -> Connection:
-        """``connection``, or a live replacement when it is dead, expired or fails its ping.
-
-        A connection idle for longer than ``validation_idle`` is pinged
+        A connection idle longer than ``validation_idle`` is pinged
         (HikariCP's rule). Dead ones are terminated, never closed politely:
-        on a silent link a polite close would wait out its timeout. The slot
-        in hand moves to the replacement; whatever happens (failure, timeout,
-        cancellation) it is handed back exactly once.
+        on a silent link a polite close would wait out its timeout. Whatever
+        happens (failure, timeout, cancellation), the slot in hand is passed
+        on exactly once.
         """
+        validation = self._config.validation_idle
         for _ in range(self._config.max_size + 2):
-            info = self._connections[connection]
+            connection = cast("Connection", holder.connection)
             now = _monotonic()
             if connection.is_closed():
-                usable = False
-            elif self._expired(info, now):
-                self._retire(connection)
-                connection = await self._next_connection(started, have_slot=False)
+                pass  # dead: replaced below
+            elif self._expired(holder, now):
+                self.retire(holder)  # keeps its slot until closed: get another
+                self._still_in_time(started, timeout, None)
+                holder = await self._obtain(started, timeout)
                 continue
-            elif self._validation_idle and now - info.idle_since > self._validation_idle:
+            elif validation and now - holder.idle_since > validation:
                 try:
-                    usable = await self._ping(connection)
+                    usable = await self._connector.ping(connection)
                 except BaseException:
-                    # Cancelled mid-ping: the ping may still be in flight.
-                    self._discard(connection)
-                    self._free_slot()
+                    self.drop(holder)  # cancelled mid-ping: the ping may still be in flight
                     raise
+                if usable:
+                    holder.idle_since = _monotonic()
+                    return holder
             else:
-                return connection
-            if usable:
-                info.idle_since = _monotonic()
-                return connection
-            self._stats["validations_failed"] += 1
-            self._discard(connection)
-            connection = await self._next_connection(started, have_slot=True)
-        self._discard(connection)
-        self._free_slot()
+                return holder
+            self.validations_failed += 1
+            connection.terminate()
+            self._still_in_time(started, timeout, holder)
+            if self.slots.idle:  # another idle one: take it, free the dead one's slot
+                self.drop(holder)
+                holder = cast("Holder[Connection]", self.slots.lease_idle(_monotonic()))
+            else:  # open a replacement in the same slot, without queueing again
+                holder = await self.open_in(self.slots.replace(holder))
+        self.drop(holder)
         raise self._no_live_connection_error()
+
+    def _still_in_time(
+        self, started: float, timeout: float, holder: Holder[Connection] | None
+    ) -> None:
+        """Raise (dropping ``holder``) when the pool stopped serving or the caller's time is up."""
+        if self.serving and _monotonic() - started < timeout:
+            return
+        if holder is not None:
+            self.drop(holder)
+        raise self._refused() if not self.serving else self._no_live_connection_error()
 
     def _no_live_connection_error(self) -> DatabaseUnavailableError:
         return DatabaseUnavailableError(
-            f"the {self._database} database at {self._address}: pooled connections are "
+            f"the {self._name} database at {self._connector.address}: pooled connections are "
             "dead and no live one could be had in time",
-            database=str(self._database),
+            database=self._name,
             may_have_run=False,
         )
 
-    async def _next_connection(self, started: float, *, have_slot: bool) -> Connection:
-        """Another connection after a dead or expired one: an idle one, or a new one.
+    # -- lease bookkeeping -------------------------------------------------------
 
-        ``have_slot``: the discarded connection's slot is in hand (freed here
-        unless a new connection is opened in it).
-        """
-        remaining = self._config.timeout - (_monotonic() - started)
-        if self._state is not PoolState.OPEN or remaining <= 0:
-            if have_slot:
-                self._free_slot()
-            if self._state is not PoolState.OPEN:
-                raise self._not_serving_error()
-            raise self._no_live_connection_error()
-        if self._idle:
-            connection = self._idle.pop()  # it brings its own slot
-            if have_slot:
-                self._free_slot()
-            return connection
-        if have_slot:
-            return await self._open_in_slot()
-        if self._size < self._max_size:
-            return await self._grow()
-        return await self._wait_turn(remaining)
-
-    async def _ping(self, connection: Connection) -> bool:
-        """One round trip within the connect timeout; ``False`` on any failure.
-
-        ``SELECT 1``, not an empty query: asyncpg fails on the server's
-        EmptyQueryResponse to a simple query.
-        """
-        try:
-            await connection.execute("SELECT 1", timeout=self._config.connect_timeout)
-        except (TimeoutError, Exception):
-            logger.debug("a %s connection failed its check", self._database, exc_info=True)
-            return False
-        return True
-
-    # -- lease bookkeeping ---------------------------------------------------
-
-    def _begin_lease(self, info: ConnectionInfo, started: float, now: float) -> None:
-        info.leased_at = now
-        tasks = _TASKS
-        if tasks is not None:
-            info.holder = tasks.get(_running_loop())  # type: ignore[arg-type]
-        else:
-            info.holder = asyncio.current_task()
-        info.uses += 1
-        self._stats["acquired"] += 1
-        self._leased += 1
-        if self._lease_metrics:
+    def _begin(self, holder: Holder[Connection], started: float, now: float) -> None:
+        holder.owner = _current_task()
+        holder.leased_at = now
+        holder.uses += 1
+        self.acquired += 1
+        self.leased += 1
+        if self._config.lease_metrics:
             self.telemetry.connection_acquired(now - started)
-        self._watch_pressure(now)
+        pressure = self._pressure
+        # Only when an episode may start, go on or end.
+        if self.slots.waiting or self.leased >= pressure.threshold or pressure.since is not None:
+            pressure.update(now, self.leased, self.slots.waiting)
 
-    def _end_lease(self, info: ConnectionInfo | None, now: float) -> None:
-        if info is not None and info.leased_at is not None:
-            if self._lease_metrics:
-                self.telemetry.connection_released(now - info.leased_at)
-            info.leased_at = None
-            info.holder = None
-            self._leased -= 1
-            self._watch_pressure(now)
+    def _end(self, holder: Holder[Connection], now: float) -> None:
+        if self._config.lease_metrics:
+            self.telemetry.connection_released(now - holder.leased_at)
+        holder.owner = None
+        self.leased -= 1
+        pressure = self._pressure
+        # A release can only end an episode (the next lease notes one going on).
+        if (
+            pressure.since is not None
+            and not self.slots.waiting
+            and self.leased < (pressure.threshold)
+        ):
+            pressure.update(now, self.leased, 0)
 
-    def _watch_pressure(self, now: float) -> None:
-        """Warn once per episode of waiters or high utilisation lasting ``exhaustion_warn``."""
-        if not self._waiting and self._leased < self._pressure_leases:
-            if self._pressure_since is None:
-                return  # the common case: no episode, none starting
-            pressed = False
-        else:
-            pressed = bool(self._config.exhaustion_warn)
-        config = self._config
-        if not pressed:
-            if self._pressure_since is not None:
-                if self._pressure_warned:
-                    logger.info("the %s pool is no longer under pressure", self._database)
-                self._pressure_since = None
-                self._pressure_warned = False
-                if self._pressure_timer is not None:
-                    self._pressure_timer.cancel()
-                    self._pressure_timer = None
-            return
-        if self._pressure_since is None:
-            self._pressure_since = now
-            # A stuck pool has no lease events: a timer ends the episode's wait.
-            self._arm_pressure_timer(config.exhaustion_warn)
-        elif not self._pressure_warned and now - self._pressure_since >= config.exhaustion_warn:
-            self._pressure_warned = True
-            self.telemetry.pool_exhausted()
-            logger.warning(
-                "the %s pool has been under pressure for %.1fs: %d of %d connections in use, "
-                "%d tasks waiting (raise %s, or hold connections for shorter)",
-                self._database,
-                now - self._pressure_since,
-                self._leased,
-                config.max_size,
-                self._waiting,
-                self._env("pool_max_size"),
-                extra={
-                    "database": str(self._database),
-                    "in_use": self._leased,
-                    "max_size": config.max_size,
-                    "waiting": self._waiting,
-                },
-            )
+    def timeout_error(self) -> TimeoutError:
+        """The error of a statement the watchdog cancelled (see :attr:`timed_out`)."""
+        return _watchdog.timeout_error(self._name, self._config.command_timeout)
 
-    def _arm_pressure_timer(self, delay: float) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover (leases happen on a loop)
-            return
-        if self._pressure_timer is not None:
-            self._pressure_timer.cancel()
-        self._pressure_timer = loop.call_later(delay, self._pressure_timer_fired)
-
-    def _pressure_timer_fired(self) -> None:
-        self._pressure_timer = None
-        since = self._pressure_since
-        if since is None or self._pressure_warned:
-            return
-        remaining = since + self._config.exhaustion_warn - _monotonic()
-        if remaining > 0:  # the loop may run a timer up to its clock resolution early
-            self._arm_pressure_timer(remaining)
-        else:
-            self._watch_pressure(_monotonic())
+    def cancel_overdue(self, now: float) -> int:
+        """Cancel watched statements past the command timeout; how many. (The watchdog.)"""
+        return _watchdog.cancel_overdue(self.slots.holders, now, self._config.command_timeout)
 
     # -- release -------------------------------------------------------------
 
-    def give_back(self, connection: Connection, effect: SessionEffect) -> bool:
-        """End the lease; return ``connection`` at once when that needs no I/O.
+    def release_nowait(self, holder: Holder[Connection], effect: SessionEffect) -> bool:
+        """End the lease; return the connection at once when that needs no I/O.
 
-        ``False`` means the connection still needs a reset, a close or a
-        terminate: finish with :meth:`finish_release`.
+        ``False`` means it still needs a reset, a close or a terminate:
+        finish with :meth:`finish_release`. Raises asyncpg's ``InterfaceError``
+        when the lease already ended (a double release).
         """
-        info = self._connections.get(connection)
-        if info is not None and info.leased_at is None:
-            raise asyncpg.InterfaceError(
-                "this connection was already released to the pool; release it once"
-            )
+        # The statement is over: the watchdog must not cancel what follows.
+        holder.watch_since = 0.0
+        if holder.stage is not _LEASED:
+            return self._not_leased(holder)
         now = _monotonic()
-        self._end_lease(info, now)
+        self._end(holder, now)
+        connection = holder.connection
+        assert connection is not None
+        if holder.timed:
+            self._connector.driver_timeout(connection, False)
+            holder.timed = False
+        config = self._config
         if (
             effect
-            or info is None
-            or self._always_reset
+            or config.reset == "always"
             or connection.is_in_transaction()
             or connection.is_closed()
-            or (self._max_uses and info.uses >= self._max_uses)
-            or self._expired(info, now)
+            or (config.max_queries and holder.uses >= config.max_queries)
+            or (config.max_lifetime and now - holder.born > config.max_lifetime)
         ):
+            self.slots.begin_return(holder)
             return False
-        info.idle_since = now
-        self._put_back(connection)
+        if self.slots.put_back(holder, now) is None and self._drain is not None:
+            self._check_drained()
         return True
 
+    def _not_leased(self, holder: Holder[Connection]) -> bool:
+        if holder.stage is _GONE:  # the pool closed or abandoned it meanwhile
+            if holder.connection is not None:
+                holder.connection.terminate()
+            return True
+        raise asyncpg.InterfaceError(
+            "this connection was already released to the pool; release it once"
+        )
+
+    async def release(self, holder: Holder[Connection], effect: SessionEffect) -> None:
+        """Release ``holder``: :meth:`release_nowait`, then :meth:`finish_release` if needed."""
+        if not self.release_nowait(holder, effect):
+            await self.finish_release(holder, effect)
+
     async def finish_release(
-        self, connection: Connection, effect: SessionEffect, *, settle: bool = False
+        self, holder: Holder[Connection], effect: SessionEffect, *, settle: bool = False
     ) -> None:
-        """The rest of a release :meth:`give_back` could not do without I/O.
+        """The rest of a release that :meth:`release_nowait` could not do without I/O.
 
         A connection older than ``max_lifetime``, used ``max_queries`` times,
         or one that a statement made unfit for reuse, is closed instead; the
@@ -622,59 +400,47 @@ class PoolLeases:
         caller's connection) pings it first, which waits out a statement
         cancellation still in progress; one that fails is terminated.
         """
-        info = self._connections.get(connection)
-        if info is None:  # not ours any more (the pool closed or was abandoned)
-            with contextlib.suppress(Exception):
-                connection.terminate()
-            return
+        if holder.stage is not _RETURNING:
+            return  # the pool closed or abandoned it meanwhile
+        connection = cast("Connection", holder.connection)
+        config = self._config
         try:
-            if effect is SessionEffect.BROKEN or connection.is_closed():
-                self._drop(connection)
+            if effect is _BROKEN or connection.is_closed():
+                self.drop(holder)
                 return
             if (
-                effect is SessionEffect.DISCARD
-                or (self._max_uses and info.uses >= self._max_uses)
-                or self._expired(info, _monotonic())
+                effect is _DISCARD
+                or (config.max_queries and holder.uses >= config.max_queries)
+                or self._expired(holder, _monotonic())
             ):
-                self._retire(connection)
+                self.retire(holder)
                 return
-            if effect or self._always_reset or connection.is_in_transaction():
-                self._stats["resets"] += 1
-                # As asyncpg's pool: statements, cursors and transactions
-                # made during the lease stop working (and leftover listeners
-                # are warned of) before the session is reset.
+            if effect or config.reset == "always" or connection.is_in_transaction():
+                self.resets += 1
+                # As asyncpg's pool: statements, cursors and transactions made
+                # during the lease stop working (and leftover listeners are
+                # warned of) before the session is reset.
                 connection._on_release()  # type: ignore[attr-defined]
-                await self._reset(connection)
-            elif settle and not await self._ping(connection):
-                self._drop(connection)
+                await self._connector.reset(connection)
+            elif settle and not await self._connector.ping(connection):
+                self.drop(holder)
                 return
         except asyncio.CancelledError:
-            self._drop(connection)
+            self.drop(holder)
             raise
         except Exception as exc:
             # The session's state is unknown (reset failed, or the connection
             # is busy cancelling a statement): never hand it out again.
-            logger.debug("discarding a %s connection: %r", self._database, exc)
-            self._drop(connection)
+            logger.debug("discarding a %s connection: %r", self._name, exc)
+            self.drop(holder)
             return
-        info.idle_since = _monotonic()
-        self._put_back(connection)
+        if holder.stage is _RETURNING:
+            self.put_back(holder)
+        else:  # the pool closed while it was being reset
+            connection.terminate()
 
-    async def release_connection(
-        self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
-    ) -> None:
-        """Return ``connection``, first undoing what ``effect`` says it left behind.
-
-        See :meth:`finish_release` for when it is closed instead. While the
-        pool drains, connections still come back to it.
-        """
-        if not self.give_back(connection, effect):
-            await self.finish_release(connection, effect)
-
-    def release_soon(
-        self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
-    ) -> None:
-        """:meth:`release_connection` in a background task, for a cancelled caller.
+    def release_in_background(self, holder: Holder[Connection], effect: SessionEffect) -> None:
+        """:meth:`release` in a background task, for a cancelled caller.
 
         A statement cancelled mid-flight makes asyncpg wait for the server to
         confirm the cancellation before the connection can be reused; on a
@@ -682,124 +448,130 @@ class PoolLeases:
         cancelled caller must not wait for it, so the release (and the
         clean-up or discard it decides) finishes on its own.
         """
-        self._end_lease(self._connections.get(connection), _monotonic())
-        task = asyncio.get_running_loop().create_task(
-            self.finish_release(connection, effect, settle=True),
-            name=f"wellwon_db-release-{self._database}",
-        )
-        self._releasing.add(task)
-        task.add_done_callback(self._released)
+        holder.watch_since = 0.0  # the caller is gone: nothing left to time out
+        if holder.stage is not _LEASED:
+            self._not_leased(holder)
+            return
+        self._end(holder, _monotonic())
+        if holder.timed:
+            self._connector.driver_timeout(cast("Connection", holder.connection), False)
+            holder.timed = False
+        self.slots.begin_return(holder)
+        self._spawn(self.finish_release(holder, effect, settle=True), "release")
 
-    def _released(self, task: asyncio.Task[None]) -> None:
-        self._releasing.discard(task)
+    def _spawn(self, work: Any, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=f"wellwon_db-{what}-{self._name}")
+        self.releasing.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self.releasing.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.debug("background release failed: %r", task.exception())
 
-    def _drop(self, connection: Connection) -> None:
-        """Terminate a connection we hold and free its slot (once)."""
-        if connection in self._connections:
-            self._discard(connection)
-            self._free_slot()
+    def put_back(self, holder: Holder[Connection]) -> None:
+        """A good connection back: to the first waiter, else onto the idle stack."""
+        if self.slots.put_back(holder, _monotonic()) is None and self._drain is not None:
+            self._check_drained()
 
-    def _discard(self, connection: Connection) -> None:
-        """Terminate ``connection`` at once and stop tracking it; its slot stays counted."""
-        if self._connections.pop(connection, None) is not None:
-            self._stats["connections_retired"] += 1
-        with contextlib.suppress(Exception):
-            connection.terminate()
+    def drop(self, holder: Holder[Connection]) -> None:
+        """Terminate ``holder``'s connection (no I/O awaited) and free its slot, once."""
+        if holder.connection is not None:
+            holder.connection.terminate()
+        self._after(self.slots.drop(holder))
 
-    def _forget(self, connection: Connection) -> None:
-        self._connections.pop(connection, None)
+    def retire(self, holder: Holder[Connection]) -> None:
+        """Close ``holder``'s connection politely in the background; its slot stays counted.
 
-    def _retire(self, connection: Connection) -> None:
-        """Stop using ``connection`` and close it politely in the background.
-
-        Its slot stays counted until it is closed, so the server never sees
-        more than ``max_size`` of our connections.
+        The server never sees more than ``max_size`` of our connections.
         """
-        self._stats["connections_retired"] += 1
-        self._forget(connection)
-        self._close_soon(connection)
+        self.slots.retire(holder)
+        self._spawn(self._close_in_slot(holder), "close")
 
-    def _close_soon(self, connection: Connection) -> None:
-        """Close a connection the pool no longer tracks, politely, in the background."""
-        task = asyncio.get_running_loop().create_task(
-            self._close_in_slot(connection),
-            name=f"wellwon_db-close-{self._database}",
-        )
-        self._releasing.add(task)
-        task.add_done_callback(self._released)
+    async def _close_in_slot(self, holder: Holder[Connection]) -> None:
+        try:
+            await close_or_terminate(
+                cast("Connection", holder.connection), self._config.command_timeout
+            )
+        finally:
+            self._after(self.slots.closed(holder))
 
-    async def _reset(self, connection: Connection) -> None:
-        """Roll back, clear asyncpg's session bookkeeping, run :data:`RESET_SQL`."""
-        async with asyncio.timeout(self._config.command_timeout):
-            if connection.is_in_transaction():
-                await connection.execute("ROLLBACK")  # quietly, whoever began it
-            await connection.reset()
-
-    # -- raw leases ----------------------------------------------------------
-
-    @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Connection]:
-        """A raw connection for the block; fully reset when it comes back.
-
-        The connection is asyncpg's; anything may be done with it, so its
-        session is always reset on release. Using it after the block raises
-        asyncpg's ``InterfaceError``.
-        """
-        connection = await self.acquire_connection()
-        async with self.lease(connection) as lent:
-            yield lent
+    def _after(self, served: Waiter[Connection] | None) -> None:
+        """After a slot was freed: refill below ``min_size``, or note the drain."""
+        if served is not None:
+            return  # a waiter took the slot (and was woken)
+        if self._drain is not None:
+            self._check_drained()
+        elif self.serving and self.slots.count < self.slots.min_size:
+            self._below_min()
 
     def _on_terminated(self, connection: Any) -> None:
-        """asyncpg termination listener: an idle connection that died leaves the pool.
+        """asyncpg's termination listener: an idle connection that died leaves at once.
 
         A leased one is noticed when it comes back.
         """
-        try:
-            self._idle.remove(connection)
-        except ValueError:
-            return
-        if self._connections.pop(connection, None) is not None:
-            self._stats["connections_retired"] += 1
-        self._free_slot()
+        holder = holder_of(connection)
+        if holder is not None and holder.stage is _IDLE:
+            self._after(self.slots.drop(holder))
 
-    @asynccontextmanager
-    async def lease(self, connection: Connection) -> AsyncIterator[Connection]:
-        """Lend ``connection`` for the block; release it (fully reset) when the block ends.
+    # -- connection-level API (raw use) ------------------------------------------
 
-        The block gets a :class:`RawConnection` that refuses use after the
-        block. A cancelled block releases in the background, so cancellation
-        is never held up by a connection that is still settling.
+    def lend(self, holder: Holder[Connection]) -> Connection:
+        """``holder``'s connection for arbitrary use: asyncpg's own command timeout on.
+
+        Statements the pool does not watch (anything run on a connection
+        lent raw, a transaction's) are timed by asyncpg until the release.
         """
-        lent = RawConnection(connection)
-        try:
-            yield cast("Connection", lent)
-        except asyncio.CancelledError:
-            lent.detach()
-            self.release_soon(connection, SessionEffect.RESET)
-            raise
-        except BaseException:
-            lent.detach()
-            await self.release_connection(connection, SessionEffect.RESET)
-            raise
-        lent.detach()
-        await self.release_connection(connection, SessionEffect.RESET)
+        connection = cast("Connection", holder.connection)
+        if not holder.timed:
+            self._connector.driver_timeout(connection, True)
+            holder.timed = True
+        return connection
 
-    async def _close_in_slot(self, connection: Connection) -> None:
+    # -- the pool's end ------------------------------------------------------------
+
+    async def wait_drained(self, deadline: float) -> bool:
+        """Wait until every slot is idle or free; ``False`` at ``deadline`` (monotonic)."""
+        if self.slots.drained:
+            return True
+        self._drain = asyncio.get_running_loop().create_future()
         try:
-            await close_or_terminate(connection, self._config.command_timeout)
+            async with asyncio.timeout(max(deadline - _monotonic(), 0.0)):
+                await self._drain
+        except TimeoutError:
+            return False
         finally:
-            self._free_slot()
+            self._drain = None
+        return True
 
+    def _check_drained(self) -> None:
+        drain = self._drain
+        if drain is not None and not drain.done() and self.slots.drained:
+            drain.set_result(None)
 
-async def close_or_terminate(connection: Connection, timeout: float) -> None:
-    """Close politely within ``timeout`` seconds; terminate when that fails or no time is left."""
-    if timeout <= 0:
-        connection.terminate()
-        return
-    try:
-        await connection.close(timeout=timeout)
-    except BaseException:
-        connection.terminate()
-        raise
+    def fail_waiters(self, error: Callable[[], Exception]) -> int:
+        """Fail the callers queued now with ``error()``; how many. The pool keeps serving."""
+        return self.waiters.fail_all(error)
+
+    def stop(self) -> None:
+        """Stop serving: queued callers get the pool's refusal at once, not at their timeout."""
+        self.serving = False
+        self.waiters.stop()
+        self._pressure.stop()
+
+    def straggler_names(self, now: float) -> list[str]:
+        """``"<task name> (held 1.2s)"`` for every connection still lent, for the close log."""
+        names = []
+        for holder in self.slots.busy():
+            owner = holder.owner
+            name = owner.get_name() if isinstance(owner, asyncio.Task) else "unknown task"
+            names.append(f"{name} (held {now - holder.leased_at:.1f}s)")
+        return names
+
+    def finish(self) -> None:
+        """Every connection still tracked is terminated; every slot is free."""
+        for task in self.releasing:  # the pool is gone: nothing left for them to do
+            task.cancel()
+        for holder in self.slots.finish():
+            if holder.connection is not None:
+                holder.connection.terminate()

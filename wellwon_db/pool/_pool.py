@@ -1,7 +1,13 @@
-"""One connection pool per database: lifecycle (open, start-up, housekeeping, drain, fork).
+"""One connection pool per server endpoint: its lifecycle.
 
-The pool owns asyncpg connections directly; handing them out and taking them
-back is in ``_leases.py``.
+:class:`DatabasePool` owns a pool's lifecycle state and, composed, the
+parts that own the rest: the :class:`~._leases.Leases` that lend
+connections (whose slot machine, ``_slots.py``, decides), the
+:class:`~._upkeep.Upkeep` that runs the background tasks, and the
+:class:`~._connector.Connector` that does the I/O on single connections.
+This module opens the pool (start-up wait, or an offline start) and closes
+it (drain; past the deadline, what still runs is cancelled and ended on the
+server; in a forked child, abandoned). ``docs/architecture.md`` draws the whole.
 
 Connection-level failures are translated into wellwon_db's errors by
 ``_failures.translate_error``; PostgreSQL's own errors pass through unchanged.
@@ -10,55 +16,48 @@ Connection-level failures are translated into wellwon_db's errors by
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import enum
 import logging
 import time
-from typing import Any, Final
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import cast
 from urllib.parse import SplitResult, urlsplit
-
-import asyncpg
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from wellwon_db.config._dsn import redact_dsn
 from wellwon_db.config._policies import PoolConfig, TelemetryConfig
 from wellwon_db.config._registry import DatabaseName
-from wellwon_db.errors import (
-    ConfigurationError,
-    DatabaseUnavailableError,
-    PoolClosedError,
-)
+from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError
 from wellwon_db.pool import _fork
-from wellwon_db.pool._leases import (
-    Connection,
-    ConnectionInfo,
-    PooledConnection,
-    PoolLeases,
-    PoolState,
-    Turn,
-    close_or_terminate,
-)
+from wellwon_db.pool._backoff import Backoff
+from wellwon_db.pool._capacity import check_capacity
+from wellwon_db.pool._connector import Connection, Connector, close_or_terminate
+from wellwon_db.pool._leases import Leases
+from wellwon_db.pool._raw import acquire_connection, lent, release_connection
+from wellwon_db.pool._session import SessionEffect
+from wellwon_db.pool._slots import TRACKED, Stage
+from wellwon_db.pool._upkeep import Upkeep
+from wellwon_db.telemetry._stats import PoolStats
 from wellwon_db.telemetry._telemetry import PoolTelemetry, register_pool, unregister_pool
 
 __all__ = ["Connection", "DatabasePool", "PoolState"]
 
 logger = logging.getLogger("wellwon_db.pool")
 
+#: Past the drain deadline: how long holders get to hand back connections
+#: whose statements were just cancelled, before the rest are terminated.
+_CANCEL_GRACE = 0.5
 
-_CAPACITY_SQL: Final = """
-SELECT current_setting('max_connections')::int AS max_connections,
-       current_setting('superuser_reserved_connections')::int AS superuser_reserved,
-       coalesce(current_setting('reserved_connections', true), '0')::int AS reserved,
-       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS in_use,
-       (SELECT count(*) FROM pg_stat_activity
-         WHERE backend_type = 'client backend' AND application_name = $1) AS ours
-"""
+
+class PoolState(enum.Enum):
+    """Lifecycle of a :class:`DatabasePool`. Moves forward only."""
+
+    NEW = "new"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
 def _port(parts: SplitResult) -> int | None:
@@ -68,12 +67,13 @@ def _port(parts: SplitResult) -> int | None:
         return None
 
 
-class DatabasePool(PoolLeases):
+class DatabasePool:
     """An asyncpg pool bound to one database and its :class:`PoolConfig`.
 
     No I/O in the constructor: :meth:`open` connects ``min_size`` connections
     and :meth:`close` closes them. ``async with DatabasePool(...)`` does both.
-    Using a pool that is not open raises :class:`PoolClosedError`.
+    Using a pool that is not open raises :class:`PoolClosedError`. Clients
+    lend connections through :attr:`leases`.
     """
 
     def __init__(
@@ -89,69 +89,43 @@ class DatabasePool(PoolLeases):
                 f"PoolConfig of the {config.database} database given for the {database} database"
             )
         self._database = database
+        self._name = str(database)
         self._dsn = dsn
         self._config = config
         self._state = PoolState.NEW
-        #: True while open and connected: the one check of the per-call path.
-        self._serving = False
         #: Open, but the server has not answered since start-up.
         self._offline = False
-        self._connector: asyncio.Task[None] | None = None
-        self._housekeeper: asyncio.Task[None] | None = None
-        self._refill: asyncio.Task[None] | None = None
-        self._idle: collections.deque[Connection] = collections.deque()
-        self._size = 0
-        self._max_size = config.max_size
-        self._expiry: asyncio.TimerHandle | None = None
-        self._drained: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
-        self._connections: dict[Connection, ConnectionInfo] = {}
-        self._fork_generation = _fork.generation
+        #: A forked child keeps the parent's connections referenced, never closed.
         self._abandoned: list[Connection] = []
-        self._releasing: set[asyncio.Task[None]] = set()
-        self._validation_idle = config.validation_idle
-        self._leased = 0
-        self._waiters: collections.deque[tuple[float, Turn]] = collections.deque()
-        self._pressure_since: float | None = None
-        self._pressure_warned = False
-        self._pressure_timer: asyncio.TimerHandle | None = None
-        self._always_reset = config.reset == "always"
-        self._max_lifetime = config.max_lifetime
-        self._max_uses = config.max_queries
-        #: Leases at which utilisation counts as pressure (infinite when warnings are off).
-        self._pressure_leases = (
-            config.exhaustion_utilisation * config.max_size / 100.0
-            if config.exhaustion_warn
-            else float("inf")
-        )
-        self._lease_metrics = config.lease_metrics
-        self._waiting = 0
-        self._stats = {
-            "acquired": 0,
-            "validations_failed": 0,
-            "timeouts": 0,
-            "connections_opened": 0,
-            "connections_retired": 0,
-            "resets": 0,
-        }
         parts = urlsplit(dsn)
-        self._address = parts.netloc.rpartition("@")[2] or "localhost"
-        self._dbname = parts.path.lstrip("/") or None
         single_host = "," not in parts.netloc
         self.telemetry = PoolTelemetry(
-            str(database),
+            self._name,
             host=parts.hostname if single_host else None,
             port=_port(parts) if single_host else None,
-            namespace=self._dbname,
+            namespace=parts.path.lstrip("/") or None,
             pool_name=config.application_name,
             slow_query=(telemetry or TelemetryConfig()).slow_query,
         )
+        self._connector = Connector(self._name, dsn, config)
+        #: Lending and taking back connections: the per-call path clients use.
+        self.leases = Leases(
+            self._name,
+            config,
+            self._connector,
+            self.telemetry,
+            refused=self._not_serving_error,
+            below_min=self._refill_soon,
+            connected=self._on_connected,
+        )
+        self._upkeep = Upkeep(self._name, config, self.leases)
 
     # -- description ---------------------------------------------------------
 
     @property
     def database(self) -> DatabaseName:
-        """The database this pool serves (a ``Database`` member for the built-in ones)."""
+        """The logical database this pool serves."""
         return self._database
 
     @property
@@ -167,15 +141,95 @@ class DatabasePool(PoolLeases):
     @property
     def address(self) -> str:
         """``host:port`` of the server (never the credentials)."""
-        return self._address
+        return self._connector.address
+
+    @property
+    def opened_in_this_process(self) -> bool:
+        """False in a process forked after the pool opened: its connections are the parent's."""
+        return not self._forked()
 
     def __repr__(self) -> str:
         return (
-            f"<DatabasePool {self._database} {redact_dsn(self._dsn)} "
+            f"<DatabasePool {self._name} {redact_dsn(self._dsn)} "
             f"{self._state.value} size={self._config.min_size}..{self._config.max_size}>"
         )
 
-    # -- lifecycle -----------------------------------------------------------
+    # -- connections, for direct use -------------------------------------------
+
+    async def acquire_connection(self, *, timeout: float | None = None) -> Connection:
+        """Take a connection; hand it back with :meth:`release_connection`.
+
+        Waits at most ``timeout`` seconds (default: the pool's acquire
+        timeout), then ``PoolTimeoutError``; ``DatabaseUnavailableError``
+        when a new connection cannot be made; ``PoolClosedError`` when the
+        pool is not open. asyncpg's command timeout applies to its statements.
+        """
+        return await acquire_connection(self.leases, timeout)
+
+    async def release_connection(
+        self, connection: Connection, effect: SessionEffect = SessionEffect.NONE
+    ) -> None:
+        """Return ``connection``, first undoing what ``effect`` says it left behind.
+
+        A connection too old, used ``max_queries`` times or unfit for reuse
+        is closed instead. While the pool drains, connections still come
+        back to it. A second release of one lease raises asyncpg's
+        ``InterfaceError``.
+        """
+        await release_connection(self.leases, connection, effect)
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Connection]:
+        """A raw connection for the block; fully reset when it comes back.
+
+        The connection is asyncpg's; anything may be done with it, so its
+        session is always reset on release. Using it after the block raises
+        asyncpg's ``InterfaceError``.
+        """
+        leases = self.leases
+        holder = leases.lease_nowait() or await leases.lease(time.monotonic())
+        async with lent(leases, holder) as connection:
+            yield connection
+
+    # -- errors ------------------------------------------------------------------
+
+    def _not_serving_error(self) -> Exception:
+        """Why calls are refused now: forked, offline, not open yet, or closed."""
+        if self._forked():
+            return PoolClosedError(
+                f"the {self._name} pool was opened before this process was forked; its "
+                "connections belong to the parent and cannot be used here. Open pools after "
+                "forking (in each worker's start-up or lifespan, not at import time or with "
+                "gunicorn --preload), or call stop_databases() then start_databases() in the "
+                "child",
+                database=self._name,
+            )
+        if self._state is PoolState.OPEN and self._offline:
+            return DatabaseUnavailableError(
+                f"the {self._name} database at {self.address} has not answered "
+                "since start-up; connecting in the background",
+                database=self._name,
+                may_have_run=False,
+            )
+        if self._state is PoolState.NEW or self._state is PoolState.OPENING:
+            what = "has not been opened yet; start the container's resources first"
+        else:
+            what = "is closed; get a new client after starting the container again"
+        return PoolClosedError(
+            f"the {self._name} database pool {what} (wellwon_db.start_databases(container))",
+            database=self._name,
+        )
+
+    def _closed_while_opening(self) -> PoolClosedError:
+        return PoolClosedError(
+            f"the {self._name} pool was closed while it was opening; nothing it opened stays open",
+            database=self._name,
+        )
+
+    def _forked(self) -> bool:
+        return self.leases.generation != _fork.generation
+
+    # -- open ----------------------------------------------------------------------
 
     async def open(self) -> None:
         """Connect ``min_size`` connections, waiting up to ``startup_wait`` for the server.
@@ -190,19 +244,19 @@ class DatabasePool(PoolLeases):
         """
         if self._state is not PoolState.NEW:
             raise PoolClosedError(
-                f"the {self._database} pool was already opened ({self._state.value}); "
+                f"the {self._name} pool was already opened ({self._state.value}); "
                 "create a new DatabasePool instead of reopening one",
-                database=str(self._database),
+                database=self._name,
             )
         self._state = PoolState.OPENING
-        self._fork_generation = _fork.generation
+        self.leases.generation = _fork.generation
         offline = False
         try:
             await self._connect_within(self._config.startup_wait)
             if self._config.capacity_check != "off" and self._state is PoolState.OPENING:
                 await self._check_capacity()
         except BaseException as exc:
-            self._terminate_all()
+            self._upkeep.drop_all()
             if self._state is not PoolState.OPENING:  # close() ran meanwhile
                 raise self._closed_while_opening() from exc
             if not isinstance(exc, DatabaseUnavailableError) or self._config.startup_required:
@@ -210,227 +264,93 @@ class DatabasePool(PoolLeases):
                 raise
             logger.warning(
                 "starting without the %s database (%s); connecting in the background",
-                self._database,
+                self._name,
                 exc,
             )
             offline = True
         if self._state is not PoolState.OPENING:
-            self._terminate_all()
+            self.leases.finish()
             raise self._closed_while_opening()
         self._state = PoolState.OPEN
         self._offline = offline
-        self._serving = not offline
-        name = self._database
-        if offline:
-            self._connector = asyncio.create_task(
-                self._connect_in_background(), name=f"wellwon_db-connect-{name}"
-            )
-        self._housekeeper = asyncio.create_task(
-            self._keep_house(), name=f"wellwon_db-housekeeping-{name}"
-        )
+        self.leases.serving = not offline
+        self._upkeep.start(offline=offline, answered=self._answered)
         register_pool(self)
         logger.debug("opened %r", self)
-
-    def _closed_while_opening(self) -> PoolClosedError:
-        return PoolClosedError(
-            f"the {self._database} pool was closed while it was opening; "
-            "nothing it opened stays open",
-            database=str(self._database),
-        )
 
     async def _check_capacity(self) -> None:
         """Compare what all workers may open with the server's free connection slots."""
         config = self._config
         if config.pgbouncer:
             return  # the server's slots are PgBouncer's to share, not ours
-        if self._idle:  # one of the pool's own, so the question adds no backend
-            row = await self._idle[-1].fetchrow(_CAPACITY_SQL, config.application_name)
-        else:  # min_size 0: a connection of its own (outside the slots), closed after it
-            connection = await self._connect(pooled=False)
-            try:
-                row = await connection.fetchrow(_CAPACITY_SQL, config.application_name)
-            finally:
-                self._forget(connection)
-                with contextlib.suppress(Exception):
-                    await close_or_terminate(connection, config.command_timeout)
-        if row is None:
+        idle = self.leases.slots.idle
+        if idle:  # one of the pool's own, so the question adds no backend
+            await check_capacity(cast("Connection", idle[-1].connection), config, self._name)
             return
-        reserved = row["superuser_reserved"] + row["reserved"]
-        others = row["in_use"] - row["ours"]
-        available = row["max_connections"] - reserved - others
-        needed = config.workers * config.max_size
-        if needed <= available:
-            return
-        message = (
-            f"the {self._database} database cannot hold this service's pools: "
-            f"{config.workers} workers x max_size {config.max_size} = {needed} connections, "
-            f"but the server has {available} free (max_connections {row['max_connections']}, "
-            f"{reserved} reserved, {others} used by others); lower "
-            f"{self._env('pool_max_size')}, set {self._env('pool_budget')}, or raise the "
-            "server's max_connections"
-        )
-        if config.capacity_check == "refuse":
-            raise ConfigurationError(message, env_var=self._env("pool_budget"))
-        logger.warning(message, extra={"database": str(self._database), "needed": needed})
+        # min_size 0: a connection of its own (outside the slots), closed after it.
+        connection = await self._connector.connect()
+        try:
+            await check_capacity(connection, config, self._name)
+        finally:
+            with contextlib.suppress(Exception):
+                await close_or_terminate(connection, config.command_timeout)
 
     async def _connect_within(self, wait: float) -> None:
-        if wait <= 0:
-            await self._fill()
-            return
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(wait),
-            wait=wait_random_exponential(multiplier=0.1, max=2.0),
-            retry=retry_if_exception_type(DatabaseUnavailableError),
-            reraise=True,
-        )
-        await retrying(self._fill)
-
-    async def _fill(self) -> None:
-        """Open connections up to ``min_size``, concurrently; all or none."""
-        missing = self._config.min_size - self._size
-        if missing <= 0:
-            return
-        self._size += missing
-        results = await asyncio.gather(
-            *(self._connect() for _ in range(missing)), return_exceptions=True
-        )
-        opened = [r for r in results if not isinstance(r, BaseException)]
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            for connection in opened:
-                self._discard(connection)
-            for _ in range(missing):
-                self._free_slot()
-            raise failures[0]
-        self._idle.extend(opened)
-
-    async def _connect_in_background(self) -> None:
-        retrying = AsyncRetrying(
-            wait=wait_random_exponential(multiplier=0.1, max=self._config.reconnect_backoff_max),
-            retry=retry_if_exception_type(Exception),
-            before_sleep=self._log_background_failure,
-        )
-        await retrying(self._first_connection)
-        self._offline = False
-        self._serving = self._state is PoolState.OPEN
-        self._connector = None
-        logger.warning("the %s database answers again: pool connected", self._database)
-        self._refill_soon()
-
-    async def _first_connection(self) -> None:
-        self._put_back(await self._grow())
-
-    def _log_background_failure(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
-        log = logger.debug if isinstance(error, DatabaseUnavailableError) else logger.warning
-        log("the %s database is still not reachable: %s", self._database, error)
-
-    async def _connect(self, *, pooled: bool = True) -> Connection:
-        """Open one connection and start tracking it (its slot is counted already).
-
-        ``pooled=False``: a connection for the pool's own questions, not
-        counted in the stats.
-        """
-        config = self._config
-        started = time.monotonic()
-        try:
-            connection: Connection = await asyncpg.connect(
-                self._dsn,
-                timeout=config.connect_timeout,
-                command_timeout=config.command_timeout or None,
-                # PgBouncer in transaction mode cannot keep named prepared statements.
-                statement_cache_size=0 if config.pgbouncer else config.statement_cache_size,
-                server_settings={"application_name": config.application_name},
-                connection_class=PooledConnection,
-            )
-        except BaseException as exc:
-            error = self._acquire_error(exc)
-            if error is exc:
-                raise
-            raise error from exc
-        now = time.monotonic()
-        self._connections[connection] = ConnectionInfo(now)
-        connection.add_termination_listener(self._on_terminated)
-        if pooled:
-            self._stats["connections_opened"] += 1
-            self.telemetry.connection_created(now - started)
-        if self._state is PoolState.CLOSED or self._forked():
-            self._discard(connection)  # closed meanwhile: never leak it
-            raise self._not_serving_error()
-        return connection
-
-    # -- housekeeping ----------------------------------------------------------
-
-    def _refill_soon(self) -> None:
-        """Open connections up to ``min_size`` in the background (one task at a time)."""
-        if self._state is not PoolState.OPEN or self._offline or self._refill is not None:
-            return
-        if self._size >= self._config.min_size:
-            return
-        self._refill = asyncio.get_running_loop().create_task(
-            self._refill_to_min(), name=f"wellwon_db-refill-{self._database}"
-        )
-
-    async def _refill_to_min(self) -> None:
-        try:
-            while self._state is PoolState.OPEN and self._size < self._config.min_size:
-                self._put_back(await self._grow())
-        except Exception as exc:
-            # The next release, acquire or housekeeping round tries again.
-            logger.debug("could not restore the %s pool's minimum: %r", self._database, exc)
-        finally:
-            self._refill = None
-
-    def _housekeeping_period(self) -> float:
-        limits = [60.0]
-        for limit in (self._config.max_inactive_lifetime, self._max_lifetime):
-            if limit:
-                limits.append(limit / 2)
-        return max(min(limits), 0.05)
-
-    async def _keep_house(self) -> None:
-        """Every period: close connections idle too long or too old; keep ``min_size``."""
-        period = self._housekeeping_period()
+        """Open ``min_size`` connections (all or none), retrying for ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        backoff = Backoff(0.1, 2.0)
         while True:
-            await asyncio.sleep(period)
-            self._retire_idle(time.monotonic())
-            self._refill_soon()
+            try:
+                await self._upkeep.fill(self._config.min_size)
+                return
+            except DatabaseUnavailableError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                await asyncio.sleep(min(backoff.next_delay(), left))
 
-    def _retire_idle(self, now: float) -> None:
-        """Close idle connections past ``max_inactive_lifetime`` (above ``min_size``)
-        or past ``max_lifetime``, oldest idle first."""
-        inactive = self._config.max_inactive_lifetime
-        surplus = self._size - self._config.min_size  # slots of closing ones count until closed
-        for connection in list(self._idle):  # the left end has been idle longest
-            info = self._connections.get(connection)
-            if info is None:
-                continue
-            unused = bool(inactive) and now - info.idle_since > inactive and surplus > 0
-            if self._expired(info, now) or unused:
-                surplus -= 1
-                self._idle.remove(connection)
-                self._retire(connection)
+    def _answered(self) -> None:
+        """The server of a pool opened offline answered: serve."""
+        self._offline = False
+        self.leases.serving = self._state is PoolState.OPEN
 
-    def _terminate_all(self) -> None:
-        """Terminate every connection at once (idle or not) and forget them all."""
-        for connection in list(self._connections):
-            self._discard(connection)
-        self._idle.clear()
-        self._size = 0
+    # The Leases' hooks, bound before the Upkeep exists.
+    def _refill_soon(self) -> None:
+        self._upkeep.refill_soon()
+
+    def _on_connected(self) -> None:
+        self._upkeep.connected()
 
     # -- close -----------------------------------------------------------------
+
+    async def check_reachable(self) -> None:
+        """Open one connection to the server and close it; raise what connecting raises.
+
+        A reachability check for a database believed down (its breaker open):
+        it takes no slot and hands nothing out.
+        """
+        connection = await self._connector.connect()
+        try:
+            await connection.close(timeout=self._config.connect_timeout)
+        except Exception:
+            connection.terminate()
 
     async def close(self, timeout: float | None = None) -> None:
         """Drain, then close: stop handing out connections, wait for in-flight work.
 
         Work holding a connection gets ``timeout`` seconds (default: the
-        ``drain_timeout`` setting) to give it back; connections still held
-        then are terminated and their holders (task names) logged, so a
-        shutdown never hangs on a leaked connection. In a process forked after
-        the pool opened, the inherited connections belong to the parent: they
-        are abandoned without a word to the server. Closing a closed pool
-        does nothing; a second ``close()`` during the drain waits for the
-        first; closing an opening one makes its :meth:`open` fail.
+        ``drain_timeout`` setting) to give it back. Past that, nothing of
+        the pool is left running on the server: statements still running
+        are cancelled (a cancel request), holders get a moment to hand their
+        connections back, the rest are terminated and their holders (task
+        names) logged, and the server is asked to end any of their backends
+        still there (not behind PgBouncer, whose backends are its own; it
+        closes them when their client goes). So a shutdown never hangs on a
+        leaked connection, nor leaves its locks held. In a process forked
+        after the pool opened, the inherited connections belong to the
+        parent: they are abandoned without a word to the server. Closing a
+        closed pool does nothing; a second ``close()`` during the drain
+        waits for the first; closing an opening one makes its :meth:`open` fail.
         """
         if self._state is PoolState.CLOSED:
             return
@@ -443,119 +363,111 @@ class DatabasePool(PoolLeases):
             timeout = self._config.drain_timeout
         deadline = time.monotonic() + timeout
         opening = self._state is PoolState.OPENING
-        self._serving = False
         self._state = PoolState.CLOSING
-        self._fail_waiters()
+        leases = self.leases
+        leases.stop()
         if self._forked():
             self._abandon()
             return
+        stragglers: list[int] = []
         try:
-            await self._stop_tasks()
+            await self._upkeep.stop()
             if opening:
                 return  # open() sees the state and closes what it opened
-            if self._releasing and timeout > 0:
+            if leases.releasing and timeout > 0:
                 # Releases of cancelled callers still settling: let them finish.
-                await asyncio.wait(set(self._releasing), timeout=timeout)
-            if not await self._wait_drained(deadline):
+                await asyncio.wait(set(leases.releasing), timeout=timeout)
+            if not await leases.wait_drained(deadline):
                 self._log_stragglers(timeout)
+                stragglers = await self._cancel_stragglers()
             await self._close_idle(max(deadline - time.monotonic(), 0.0))
         finally:
-            for task in self._releasing:  # the pool is gone: nothing left for them to do
-                task.cancel()
-            self._terminate_all()
-            if self._pressure_timer is not None:
-                self._pressure_timer.cancel()
-                self._pressure_timer = None
+            leases.finish()  # what is left is terminated here
+            if stragglers and not self._config.pgbouncer:
+                await self._end_on_server(stragglers)
             self._state = PoolState.CLOSED
             if not self._closed.done():
                 self._closed.set_result(None)
             unregister_pool(self)
             logger.debug("closed %r", self)
 
-    def _fail_waiters(self) -> None:
-        """Queued callers learn at once, not at their timeout."""
-        while self._waiters:
-            turn = self._waiters.popleft()[1]
-            if not turn.done():
-                turn.set_exception(self._closed_error())
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+    async def _cancel_stragglers(self) -> list[int]:
+        """Past the drain deadline: cancel what still runs; the backends still busy after.
 
-    async def _stop_tasks(self) -> None:
-        tasks = [t for t in (self._connector, self._housekeeper, self._refill) if t is not None]
-        self._connector = self._housekeeper = self._refill = None
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)  # raises only if *we* are cancelled
+        A cancel request ends a running statement on the server (a client
+        closing its socket does not: the backend notices only when it next
+        talks to the client). Holders whose statement was cancelled usually
+        hand their connection back at once; those still busy after a short
+        grace are terminated by :meth:`close`, and their backend ids are
+        returned so the server can be asked to end them.
+        """
+        busy = [h.connection for h in self.leases.slots.busy() if h.connection is not None]
+        if not busy:
+            return []
+        grace = min(self._config.connect_timeout, _CANCEL_GRACE)
+        await self._connector.cancel_statements(busy, grace)
+        await self.leases.wait_drained(time.monotonic() + grace)
+        return [
+            h.connection.get_server_pid()
+            for h in self.leases.slots.busy()
+            if h.connection is not None
+        ]
 
-    async def _wait_drained(self, deadline: float) -> bool:
-        """Wait until every slot is idle or gone; ``False`` at the deadline."""
-        if len(self._idle) >= self._size:
-            return True
-        self._drained = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                await self._drained
-        except TimeoutError:
-            return False
-        finally:
-            self._drained = None
-        return True
+    async def _end_on_server(self, pids: list[int]) -> None:
+        """Make sure the backends of terminated connections are gone, ending those still there."""
+        timeout = max(self._config.connect_timeout, 1.0)
+        left = await self._connector.terminate_on_server(pids, timeout)
+        if left:
+            logger.warning(
+                "the %s server still shows %d backends of the closed pool after %.1fs: %s",
+                self._name,
+                len(left),
+                timeout,
+                left,
+                extra={"database": self._name, "pids": left},
+            )
 
     async def _close_idle(self, timeout: float) -> None:
-        idle = list(self._idle)
-        self._idle.clear()
-        for connection in idle:
-            self._forget(connection)
-        await asyncio.gather(
-            *(close_or_terminate(c, timeout) for c in idle), return_exceptions=True
+        slots = self.leases.slots
+        idle = list(slots.idle)
+        for holder in idle:
+            slots.retire(holder)
+        results = await asyncio.gather(
+            *(close_or_terminate(cast("Connection", h.connection), timeout) for h in idle),
+            return_exceptions=True,
         )
+        del results  # failures were terminated; the slots end either way
+        for holder in idle:
+            slots.closed(holder)
 
     def _log_stragglers(self, timeout: float) -> None:
-        now = time.monotonic()
-        holders = [
-            f"{info.holder.get_name() if info.holder else 'unknown task'} "
-            f"(held {now - info.leased_at:.1f}s)"
-            for info in self._connections.values()
-            if info.leased_at is not None
-        ]
-        if not holders and not self._releasing:
+        holders = self.leases.straggler_names(time.monotonic())
+        if not holders and not self.leases.releasing:
             return  # timed out with nothing in use (a drain timeout of 0)
         logger.warning(
-            "the %s pool did not drain within %.1fs: %d connections still in use were "
-            "terminated; held by: %s",
-            self._database,
+            "the %s pool did not drain within %.1fs: %d connections still in use are "
+            "cancelled and terminated; held by: %s",
+            self._name,
             timeout,
             len(holders),
             ", ".join(holders) or "unknown",
-            extra={"database": str(self._database), "holders": holders},
+            extra={"database": self._name, "holders": holders},
         )
-
-    def _forked(self) -> bool:
-        return self._fork_generation != _fork.generation
-
-    @property
-    def opened_in_this_process(self) -> bool:
-        """False in a process forked after the pool opened: its connections are the parent's."""
-        return not self._forked()
 
     def _abandon(self) -> None:
         """Drop a parent's connections in a forked child without touching them."""
         logger.warning(
             "the %s pool was opened in a parent process; abandoning it in this forked child "
             "(its connections belong to the parent)",
-            self._database,
+            self._name,
         )
         # Never closed here: closing would end the parent's sessions. Kept
         # referenced so that garbage collection does not close them either.
-        self._abandoned.extend(self._connections)
-        self._connections.clear()
-        self._idle.clear()
-        self._size = 0
-        self._connector = self._housekeeper = self._refill = None
-        self._releasing.clear()
+        for holder in self.leases.slots.abandon():
+            if holder.connection is not None:
+                self._abandoned.append(holder.connection)
+        self._upkeep.abandon()
+        self.leases.releasing.clear()
         self._state = PoolState.CLOSED
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
@@ -570,26 +482,30 @@ class DatabasePool(PoolLeases):
 
     # -- stats ---------------------------------------------------------------
 
-    def get_stats(self) -> dict[str, Any]:
-        """A snapshot with stable keys, for telemetry and health.
-
-        ``size``/``idle``/``in_use``/``waiting``/``reserved`` are current counts
-        (``reserved``: slots not idle, i.e. in use, being opened or being
-        handed back); ``acquired``, ``timeouts``, ``connections_opened``,
-        ``connections_retired`` and ``resets`` count since open.
-        """
-        # Connections the server or the network closed count as gone at once.
-        size = sum(not c.is_closed() for c in self._connections)
-        idle = sum(not c.is_closed() for c in self._idle)
+    def get_stats(self) -> PoolStats:
+        """A snapshot with stable keys, for telemetry and health (see :class:`PoolStats`)."""
+        leases = self.leases
+        slots = leases.slots
+        size = idle = 0
+        for holder in slots.holders:
+            # Connections the server or the network closed count as gone at once.
+            if holder.stage in TRACKED and not cast("Connection", holder.connection).is_closed():
+                size += 1
+                idle += holder.stage is Stage.IDLE
         return {
-            "database": str(self._database),
+            "database": self._name,
             "state": self._state.value,
             "min_size": self._config.min_size,
             "max_size": self._config.max_size,
             "size": size,
             "idle": idle,
             "in_use": size - idle,
-            "waiting": self._waiting,
-            "reserved": self._size - idle,
-            **self._stats,
+            "waiting": slots.waiting,
+            "reserved": slots.count - idle,
+            "acquired": leases.acquired,
+            "timeouts": leases.waiters.timeouts,
+            "connections_opened": slots.opened_total,
+            "connections_retired": slots.retired_total,
+            "resets": leases.resets,
+            "validations_failed": leases.validations_failed,
         }

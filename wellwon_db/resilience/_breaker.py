@@ -49,10 +49,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 from wellwon_db.config._policies import BreakerConfig
 from wellwon_db.errors import CircuitOpenError
+from wellwon_db.resilience._snapshot import BreakerSnapshot
 
 __all__ = [
     "BreakerConfig",
@@ -65,30 +66,6 @@ __all__ = [
 logger = logging.getLogger("wellwon_db.breaker")
 
 _BUCKETS = 10
-
-
-class BreakerSnapshot(TypedDict):
-    """What :meth:`CircuitBreaker.snapshot` returns. Times in seconds.
-
-    ``calls``, ``failures`` and ``slow_calls`` count the rate window;
-    ``consecutive_failures`` the availability failures since the last success.
-    ``retry_at`` (on the breaker's clock, ``time.monotonic()``: meaningful in
-    this process only) and ``retry_in_sec`` tell when real calls probe at the
-    latest, ``next_check_in_sec`` when the next reachability check is due;
-    all three are ``None`` unless the breaker is open (the last also when
-    checks are off).
-    """
-
-    database: str
-    state: str
-    calls: int
-    failures: int
-    slow_calls: int
-    consecutive_failures: int
-    retry_at: float | None
-    retry_in_sec: float | None
-    next_check_in_sec: float | None
-    trips_in_a_row: int
 
 
 class BreakerState(enum.Enum):

@@ -334,6 +334,15 @@ class PoolTelemetry:
             },
         )
 
+    def attempt_failed(self, span: Span | None, error: BaseException) -> None:
+        """An attempt of an operation failed and another follows: an ``exception`` event."""
+        if span is not None:
+            error_type, _ = error_attributes(error)
+            span.add_event(
+                "exception",
+                {"exception.type": error_type, "exception.message": str(error)},
+            )
+
     def refused(self, reason: str) -> None:
         """A call was refused without reaching the database: not an operation."""
         record_refused(self.database, reason)
