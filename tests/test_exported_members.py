@@ -59,6 +59,7 @@ WELLWON_DB_ALL = [
     "ShardedClient",
     "TransactionScope",
     "WellwonDBError",
+    "WrongEventLoopError",
     "check_health",
     "citus_pool_max_size",
     "citus_shard_range",

@@ -50,6 +50,7 @@ from wellwon_db.errors import (
     PoolTimeoutError,
     ShardRoutingError,
     WellwonDBError,
+    WrongEventLoopError,
 )
 from wellwon_db.health._health import DatabaseHealth, HealthChecker, HealthReport
 from wellwon_db.pool._pool import DatabasePool, PoolState
@@ -111,6 +112,7 @@ __all__ = [
     "ShardedClient",
     "TransactionScope",
     "WellwonDBError",
+    "WrongEventLoopError",
     "check_health",
     "citus_pool_max_size",
     "citus_shard_range",

@@ -5,6 +5,7 @@ The tree::
     WellwonDBError
      ├── ConfigurationError          (also a RuntimeError) a setting is missing or wrong
      ├── PoolClosedError             (also a RuntimeError) a client or pool used after close
+     ├── WrongEventLoopError         (also a RuntimeError) a pool used from another event loop
      ├── PoolTimeoutError            (also a TimeoutError) no connection within the acquire timeout
      ├── DatabaseUnavailableError    the database cannot be reached
      │    └── CircuitOpenError       the breaker is open; raised without touching the network
@@ -37,6 +38,7 @@ __all__ = [
     "PoolTimeoutError",
     "ShardRoutingError",
     "WellwonDBError",
+    "WrongEventLoopError",
 ]
 
 
@@ -99,6 +101,19 @@ class CircuitOpenError(DatabaseUnavailableError):
     def __init__(self, message: str, *, database: str, retry_at: float | None = None) -> None:
         super().__init__(message, database=database, may_have_run=False)
         self.retry_at = retry_at
+
+
+class WrongEventLoopError(WellwonDBError, RuntimeError):
+    """A pool was used from an event loop other than the one it was opened on.
+
+    asyncio objects belong to one loop: open the pools (``start_databases``)
+    in the loop that runs the calls, one per process or thread. ``database``
+    names the database.
+    """
+
+    def __init__(self, message: str, *, database: str) -> None:
+        super().__init__(message)
+        self.database = database
 
 
 class PoolTimeoutError(WellwonDBError, TimeoutError):

@@ -19,7 +19,12 @@ from opentelemetry.trace import Span
 
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._write_tracking import record_position
-from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
+from wellwon_db.errors import (
+    DatabaseUnavailableError,
+    PoolClosedError,
+    PoolTimeoutError,
+    WrongEventLoopError,
+)
 from wellwon_db.pool._failures import is_availability_failure
 from wellwon_db.pool._failures import translate_error as _translate
 from wellwon_db.pool._pool import Connection
@@ -46,7 +51,9 @@ def record_outcome(breaker: CircuitBreaker, exc: BaseException, started: float) 
     every connection (a slow database shows as slow calls and command
     timeouts, an unreachable one as connect failures).
     """
-    if isinstance(exc, asyncio.CancelledError | PoolClosedError | PoolTimeoutError):
+    if isinstance(
+        exc, asyncio.CancelledError | PoolClosedError | PoolTimeoutError | WrongEventLoopError
+    ):
         breaker.record_ignored()
     elif is_availability_failure(exc):
         breaker.record_failure(_monotonic() - started)
@@ -140,7 +147,7 @@ async def run_guarded(
             # The statement may still be in flight: don't make a cancelled caller wait.
             leases.release_in_background(holder, effect)
             raise
-        if isinstance(error, DatabaseUnavailableError):
+        if isinstance(error, DatabaseUnavailableError | WrongEventLoopError):
             effect = _BROKEN  # the connection is not to be trusted again
         await leases.release(holder, effect)
         if retrying is not None:

@@ -40,6 +40,7 @@ class PoolSlot:
         "cache",
         "cache_off",
         "database",
+        "loop_ended",
         "pool",
         "retry",
         "track_writes",
@@ -57,6 +58,8 @@ class PoolSlot:
         self.database: DatabaseName = database_name(database)
         self.pool = pool
         self.unconfigured: ConfigurationError | None = None
+        #: The last pool closed because the event loop it was opened on ended.
+        self.loop_ended = False
         #: Record the WAL position of committed writes (a replica database reads after them).
         self.track_writes = False
         #: The result cache while the pool is open with it enabled (``client.cached``).
@@ -94,6 +97,15 @@ class PoolSlot:
         """Why no pool is open: the database is off (unconfigured), or not started."""
         if self.unconfigured is not None:
             return self.unconfigured
+        if self.loop_ended:
+            return PoolClosedError(
+                f"the {self.database} database pool was closed when the event loop it was "
+                "opened on ended (an asyncio.run() returned): asyncio connections live and "
+                "die with their loop. Open the pools and make the calls in one loop: one "
+                "asyncio.run(main()) whose main() starts the databases (start_databases, "
+                "database_lifespan) and then uses the clients",
+                database=str(self.database),
+            )
         return PoolClosedError(
             f"the {self.database} database pool is not open: start it with "
             "`await wellwon_db.start_databases(container)` (or `database_lifespan`) "

@@ -192,9 +192,16 @@ async def start_databases(container: ContainerLike) -> None:
     only database pools are started, never its other Resources. When any
     pool fails to open, the ones that did are closed and the first error is
     raised (the others are logged): nothing stays half-open. Starting a
-    started container does nothing.
+    started container does nothing; one whose pools closed with the event
+    loop they were opened on is started anew.
     """
     members = database_members(container)
+    for member in members:
+        slot = member.slot()
+        if member.pool.initialized and getattr(slot, "loop_ended", False):
+            # Closed by the end of an earlier event loop, not through stop_databases():
+            # the Resource still counts as started. Finish it so it opens anew here.
+            await _maybe_await(member.pool.shutdown())
     resources = [member.pool for member in members]
     resources += [shards.pools for shards in shard_members(container)]
     results = await asyncio.gather(

@@ -103,9 +103,15 @@ async def open_database_pool(
         await pool.close()
         raise
     slot.pool = pool
+    slot.loop_ended = False
     register_breaker(slot.breaker)
     try:
         yield pool
+    except GeneratorExit:
+        # asyncio closes the async generators of a loop that ends (asyncio.run
+        # returned) with the pool still open; a stop_databases() never does.
+        slot.loop_ended = True
+        raise
     finally:
         unregister_breaker(slot.breaker)
         if slot.pool is pool:

@@ -12,9 +12,9 @@ from typing import Final
 import asyncpg
 
 from wellwon_db.config._registry import DatabaseName
-from wellwon_db.errors import CircuitOpenError, DatabaseUnavailableError
+from wellwon_db.errors import CircuitOpenError, DatabaseUnavailableError, WrongEventLoopError
 
-__all__ = ["is_availability_failure", "translate_error"]
+__all__ = ["is_availability_failure", "translate_error", "wrong_loop_error"]
 
 
 #: Errors that mean the database (not the SQL) failed: refused, reset,
@@ -48,6 +48,8 @@ def translate_error(
     itself are returned as they are. ``database`` is the database's name. The
     caller raises the result ``from exc``.
     """
+    if type(exc) is RuntimeError and _OTHER_LOOP in str(exc):
+        return wrong_loop_error(database)
     if isinstance(exc, TimeoutError) or not isinstance(exc, _UNAVAILABLE):
         return exc
     if isinstance(exc, asyncpg.InternalClientError):
@@ -58,6 +60,21 @@ def translate_error(
         database=str(database),
         may_have_run=may_have_run,
         during_commit=during_commit,
+    )
+
+
+#: asyncio's words for a future awaited from another loop than its own.
+_OTHER_LOOP: Final = "attached to a different loop"
+
+
+def wrong_loop_error(database: DatabaseName) -> WrongEventLoopError:
+    """The pool of ``database`` was used from another event loop than the one it was opened on."""
+    return WrongEventLoopError(
+        f"the {database} database's pool was used from another event loop than the one it "
+        "was opened on: asyncio connections belong to one loop. Open the pools "
+        "(start_databases, database_lifespan) in the loop that runs the calls, and use each "
+        "container from that loop (one container per thread or process that runs a loop)",
+        database=str(database),
     )
 
 
