@@ -158,6 +158,34 @@ async def test_sequence_state_does_not_leak(
         await client.fetchval("SELECT currval($1::regclass)", sequence)
 
 
+async def test_sequence_state_is_discarded_lazily(one_connection: MainDB) -> None:
+    """An INSERT costs no reset: the earlier borrower's lastval() is discarded only before
+    a statement that reads it, through every way in (a call, a transaction, raw use)."""
+    client = one_connection
+    await client.execute("CREATE TABLE IF NOT EXISTS lazy_serial (id serial PRIMARY KEY, x int)")
+    resets = client.pool.get_stats()["resets"]
+    for n in range(20):
+        await client.execute("INSERT INTO lazy_serial (x) VALUES ($1)", n)
+        async with client.transaction() as tx:
+            await tx.execute("INSERT INTO lazy_serial (x) VALUES ($1)", n)
+    if client.pool.config.reset == "smart":  # (`always` resets after every use)
+        assert client.pool.get_stats()["resets"] == resets  # no round trip after any
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="lastval"):
+        await client.fetchval("SELECT lastval()")
+    await client.execute("INSERT INTO lazy_serial (x) VALUES (1)")
+    with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="lastval"):
+        async with client.transaction() as tx:
+            await tx.fetchval("SELECT lastval()")
+    await client.execute("INSERT INTO lazy_serial (x) VALUES (1)")
+    async with client.acquire() as connection:
+        with pytest.raises(asyncpg.ObjectNotInPrerequisiteStateError, match="currval"):
+            await connection.fetchval("SELECT currval('lazy_serial_id_seq')")
+    # A statement that sets and reads it in one go reads its own.
+    await client.execute("INSERT INTO lazy_serial (x) VALUES (1)")
+    own = await client.fetchval("INSERT INTO lazy_serial (x) VALUES (2) RETURNING lastval()")
+    assert own == await client.fetchval("SELECT max(id) FROM lazy_serial")
+
+
 async def test_sequence_state_stays_within_its_own_lease(one_connection: MainDB) -> None:
     """The reset comes after the lease: a transaction still reads its own lastval()."""
     client = one_connection

@@ -28,7 +28,12 @@ from wellwon_db.errors import (
 from wellwon_db.pool._failures import is_availability_failure
 from wellwon_db.pool._failures import translate_error as _translate
 from wellwon_db.pool._pool import Connection
-from wellwon_db.pool._session import SessionEffect, session_effect, writes_data
+from wellwon_db.pool._session import (
+    SessionEffect,
+    reads_sequence_state,
+    session_effect,
+    writes_data,
+)
 from wellwon_db.resilience._breaker import CircuitBreaker
 from wellwon_db.resilience._retry import is_retryable
 from wellwon_db.telemetry._telemetry import PoolTelemetry, record_refused
@@ -127,6 +132,8 @@ async def run_guarded(
         if span is not None:
             telemetry.waited(span, sent - started)
         effect = session_effect(query)
+        if holder.stale_sequences and reads_sequence_state(query):
+            await leases.clear_sequences(holder)  # an earlier borrower's lastval() goes
         result = await call(connection, query, args, timeout)
     except BaseException as exc:
         if isinstance(exc, asyncio.CancelledError) and leases.timed_out(holder):

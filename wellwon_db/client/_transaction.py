@@ -24,7 +24,12 @@ from wellwon_db.errors import DatabaseUnavailableError
 from wellwon_db.pool._failures import translate_error
 from wellwon_db.pool._pool import Connection, DatabasePool
 from wellwon_db.pool._raw import RawConnection
-from wellwon_db.pool._session import SessionEffect, session_effect, writes_data
+from wellwon_db.pool._session import (
+    SessionEffect,
+    reads_sequence_state,
+    session_effect,
+    writes_data,
+)
 from wellwon_db.pool._slots import Holder
 from wellwon_db.resilience._retry import is_transaction_retryable
 from wellwon_db.telemetry._telemetry import PoolTelemetry
@@ -118,6 +123,15 @@ class TransactionScope:
         connection = self._live()
         effect = session_effect(query)
         owner = self._owner
+        holder = owner._holder
+        if (
+            holder is not None
+            and holder.stale_sequences
+            and owner.effect < SessionEffect.SEQUENCES  # not this block's own lastval()
+            and reads_sequence_state(query)
+        ):
+            await connection.execute("DISCARD SEQUENCES")  # an earlier borrower's goes
+            holder.stale_sequences = False
         if effect > owner.effect:
             owner.effect = effect
         if not owner.wrote and owner.tracks_writes and writes_data(query):

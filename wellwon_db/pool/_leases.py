@@ -56,6 +56,8 @@ _LEASED = Stage.LEASED
 _RETURNING = Stage.RETURNING
 _GONE = Stage.GONE
 _DISCARD = SessionEffect.DISCARD
+_NONE = SessionEffect.NONE
+_SEQUENCES = SessionEffect.SEQUENCES
 _BROKEN = SessionEffect.BROKEN
 
 
@@ -360,6 +362,11 @@ class Leases:
             self._connector.driver_timeout(connection, False)
             holder.timed = False
         config = self._config
+        if effect is _SEQUENCES and config.reset != "always":
+            # Sequence state is discarded lazily, before a statement that reads
+            # it (see clear_sequences): an INSERT pays no reset round trip.
+            holder.stale_sequences = True
+            effect = _NONE
         if (
             effect
             or config.reset == "always"
@@ -422,6 +429,7 @@ class Leases:
                 # warned of) before the session is reset.
                 connection._on_release()  # type: ignore[attr-defined]
                 await self._connector.reset(connection)
+                holder.stale_sequences = False  # the reset discards sequences too
             elif settle and not await self._connector.ping(connection):
                 self.drop(holder)
                 return
@@ -515,6 +523,13 @@ class Leases:
             self._after(self.slots.drop(holder))
 
     # -- connection-level API (raw use) ------------------------------------------
+
+    async def clear_sequences(self, holder: Holder[Connection]) -> None:
+        """``DISCARD SEQUENCES`` on ``holder``'s session when it holds an earlier borrower's
+        sequence state: before a statement reading ``lastval()``/``currval()``, or raw use."""
+        if holder.stale_sequences:
+            await cast("Connection", holder.connection).execute("DISCARD SEQUENCES")
+            holder.stale_sequences = False
 
     def lend(self, holder: Holder[Connection]) -> Connection:
         """``holder``'s connection for arbitrary use: asyncpg's own command timeout on.

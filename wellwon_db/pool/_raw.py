@@ -65,6 +65,11 @@ async def acquire_connection(leases: Leases, timeout: float | None = None) -> Co
     Waits at most ``timeout`` seconds (default: the pool's acquire timeout).
     """
     holder = leases.lease_nowait() or await leases.lease(time.monotonic(), timeout)
+    try:
+        await leases.clear_sequences(holder)  # raw use may read lastval()
+    except BaseException:
+        await leases.release(holder, SessionEffect.BROKEN)
+        raise
     return leases.lend(holder)
 
 
@@ -89,6 +94,11 @@ async def lent(leases: Leases, holder: Holder[Connection]) -> AsyncIterator[Conn
     block. A cancelled block releases in the background, so cancellation is
     never held up by a connection that is still settling.
     """
+    try:
+        await leases.clear_sequences(holder)  # raw use may read lastval()
+    except BaseException:
+        await leases.release(holder, SessionEffect.BROKEN)
+        raise
     raw = RawConnection(leases.lend(holder))
     try:
         yield cast("Connection", raw)

@@ -53,7 +53,7 @@ from typing import Any, Final
 
 from pglast.parser import ParseError, parse_sql_json
 
-__all__ = ["SessionEffect", "session_effect", "writes_data"]
+__all__ = ["SessionEffect", "reads_sequence_state", "session_effect", "writes_data"]
 
 
 class SessionEffect(IntEnum):
@@ -276,3 +276,21 @@ def writes_data(query: str) -> bool:
     except RecursionError:
         return True
     return any(next(iter(raw["stmt"])) not in _READ_KINDS for raw in tree.get("stmts", ()))
+
+
+#: ``lastval()`` and ``currval()`` by name in the parser's JSON (see :data:`_MARKERS`).
+_READS_SEQUENCES: Final = re.compile(r'"String":\{"sval":"(?:lastval|currval)"')
+
+
+@functools.lru_cache(maxsize=4096)
+def reads_sequence_state(query: str) -> bool:
+    """Whether ``query`` calls ``lastval()`` or ``currval()`` (any spelling). Cached per text.
+
+    Text the parser cannot read counts as reading them. A server function
+    that calls them inside is not seen (as for every smart-reset verdict).
+    """
+    try:
+        serialized = parse_sql_json(query)
+    except (ParseError, ValueError):
+        return True
+    return _READS_SEQUENCES.search(serialized) is not None

@@ -90,6 +90,7 @@ class Holder(Generic[C]):
         "overdue",
         "owner",
         "stage",
+        "stale_sequences",
         "timed",
         "uses",
         "watch_base",
@@ -112,6 +113,9 @@ class Holder(Generic[C]):
         self.overdue = False
         #: Whether the driver's own per-statement timeout is switched on (raw use).
         self.timed = False
+        #: Whether the session holds an earlier borrower's sequence state
+        #: (``lastval()``), not yet discarded: the lease layer clears it lazily.
+        self.stale_sequences = False
 
     def __repr__(self) -> str:
         return f"<Holder {self.stage.value} uses={self.uses}>"
