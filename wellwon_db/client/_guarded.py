@@ -15,7 +15,12 @@ from typing import Any, TypeVar
 
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._write_tracking import record_position
-from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
+from wellwon_db.errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    PoolClosedError,
+    PoolTimeoutError,
+)
 from wellwon_db.pool._failures import is_availability_failure
 from wellwon_db.pool._failures import translate_error as _translate
 from wellwon_db.pool._pool import Connection
@@ -38,9 +43,13 @@ def record_outcome(breaker: CircuitBreaker, exc: BaseException, started: float) 
 
     A pool timeout is no verdict on the database: the application holds
     every connection (a slow database shows as slow calls and command
-    timeouts, an unreachable one as connect failures).
+    timeouts, an unreachable one as connect failures). Nor is a
+    configuration error: a refused login or certificate is fixed by an
+    operator, and opening the breaker would hide it behind ``CircuitOpenError``.
     """
-    if isinstance(exc, asyncio.CancelledError | PoolClosedError | PoolTimeoutError):
+    if isinstance(
+        exc, asyncio.CancelledError | PoolClosedError | PoolTimeoutError | ConfigurationError
+    ):
         breaker.record_ignored()
     elif is_availability_failure(exc):
         breaker.record_failure(_monotonic() - started)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
 import asyncpg
 
+from wellwon_db.config._credentials import ConnectParams
 from wellwon_db.config._policies import PoolConfig
 from wellwon_db.config._registry import DatabaseName
 from wellwon_db.errors import DatabaseUnavailableError, PoolClosedError, PoolTimeoutError
@@ -161,6 +162,7 @@ class PoolLeases:
     _waiting: int
     _stats: dict[str, int]
     _address: str
+    _connect_params: ConnectParams
     telemetry: PoolTelemetry
 
     async def _connect(self, *, pooled: bool = True) -> Connection:
@@ -405,7 +407,11 @@ class PoolLeases:
                 may_have_run=False,
             )
         return translate_error(
-            exc, self._database, f"connecting to {self._address}", may_have_run=False
+            exc,
+            self._database,
+            f"connecting to {self._address}",
+            may_have_run=False,
+            sources=self._connect_params.sources,
         )
 
     # -- validation ------------------------------------------------------------

@@ -17,7 +17,6 @@ import time
 from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
-import asyncpg
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -26,6 +25,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from wellwon_db.config._credentials import ConnectParams
 from wellwon_db.config._dsn import redact_dsn
 from wellwon_db.config._policies import PoolConfig, TelemetryConfig
 from wellwon_db.config._registry import DatabaseName
@@ -74,6 +74,8 @@ class DatabasePool(PoolLeases):
     No I/O in the constructor: :meth:`open` connects ``min_size`` connections
     and :meth:`close` closes them. ``async with DatabasePool(...)`` does both.
     Using a pool that is not open raises :class:`PoolClosedError`.
+    ``connect`` carries the password, TLS and session settings of its
+    connections (default: what ``dsn`` says).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class DatabasePool(PoolLeases):
         config: PoolConfig,
         *,
         telemetry: TelemetryConfig | None = None,
+        connect: ConnectParams | None = None,
     ) -> None:
         if config.database != database:
             raise ValueError(
@@ -90,6 +93,7 @@ class DatabasePool(PoolLeases):
             )
         self._database = database
         self._dsn = dsn
+        self._connect_params = connect or ConnectParams(dsn)
         self._config = config
         self._state = PoolState.NEW
         #: True while open and connected: the one check of the per-call path.
@@ -334,8 +338,7 @@ class DatabasePool(PoolLeases):
         config = self._config
         started = time.monotonic()
         try:
-            connection: Connection = await asyncpg.connect(
-                self._dsn,
+            connection: Connection = await self._connect_params.connect(
                 timeout=config.connect_timeout,
                 command_timeout=config.command_timeout or None,
                 # PgBouncer in transaction mode cannot keep named prepared statements.
