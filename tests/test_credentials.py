@@ -29,8 +29,7 @@ from wellwon_db import (
     stop_databases,
 )
 from wellwon_db.cli._cli import run_config, run_health
-from wellwon_db.testing import PgBouncerServer, PostgresServer
-from wellwon_db.testing._tls import TlsFiles, make_certificates
+from wellwon_db.testing import PgBouncerServer, PostgresServer, TlsFiles, make_certificates
 
 DB = "creds"
 

@@ -35,7 +35,7 @@ from wellwon_db.config._report import build_config_report
 from wellwon_db.config._tls import merge_tls, tls_mode
 from wellwon_db.pool._failures import is_availability_failure, translate_error
 from wellwon_db.resilience._retry import is_retryable, is_transaction_retryable
-from wellwon_db.testing._tls import TlsFiles, make_certificates
+from wellwon_db.testing import TlsFiles, make_certificates
 
 DSN = "postgresql://app@db.internal:5432/app"
 
