@@ -119,7 +119,7 @@ def refusal_of(exc: BaseException) -> Refusal | None:
         kind = "certificate"  # the server refused our client certificate
     elif isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
         kind = "tls"
-    elif isinstance(exc, asyncpg.PostgresError) and "unsupported startup parameter" in str(exc):
+    elif isinstance(exc, asyncpg.ProtocolViolationError) and "startup parameter" in str(exc):
         kind = "startup_parameter"  # PgBouncer, SQLSTATE 08P01
     elif isinstance(exc, asyncpg.ClientConfigurationError):
         kind = "settings"
@@ -399,7 +399,10 @@ def connect_params(
         variable, described = dsn_variable, f"the password in {dsn_variable}"
     else:
         variable = env_var_name(kind, "password_file")
-        described = f"no password ({variable} is unset and {dsn_variable} holds none)"
+        described = (
+            f"no password ({variable} is unset and {dsn_variable} holds none; asyncpg then "
+            "tries PGPASSWORD and ~/.pgpass)"
+        )
     rootcert_variable = env_var_name(kind, "pool_sslrootcert")
     if "sslrootcert" in given:
         rootcert = f"{rootcert_variable} ({settings.pool_sslrootcert})"
