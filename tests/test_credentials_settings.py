@@ -194,9 +194,11 @@ def test_a_password_file_is_read_again_only_when_it_changes(tmp_path: Path) -> N
     path.write_text("other\n")  # same size, written in place: only the mtime tells
     os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     assert password() == "first"  # unchanged stat: not read
+    assert password.generation == 1
     assert password.reload() is True
     assert password() == "other"
     assert password.reload() is False
+    assert password.generation == 2  # what a connect refused with the old one compares
     path.write_text("second-password\n")
     assert password() == "second-password"
     assert "second" not in repr(password)

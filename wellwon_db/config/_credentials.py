@@ -139,12 +139,14 @@ class PasswordFile:
     The content never appears in an error, a log or a repr.
     """
 
-    __slots__ = ("_stamp", "_value", "database", "path", "variable")
+    __slots__ = ("_stamp", "_value", "database", "generation", "path", "variable")
 
     def __init__(self, path: Path, variable: str, database: object) -> None:
         self.path = path
         self.variable = variable
         self.database = database
+        #: Bumped whenever a read finds another password.
+        self.generation = 0
         self._stamp: tuple[int, int, int, int] | None = None
         self._value: str | None = None
 
@@ -177,6 +179,8 @@ class PasswordFile:
             if self._value is None:
                 raise
             return self._value
+        if value != self._value:
+            self.generation += 1
         self._value, self._stamp = value, stamp
         return value
 
@@ -278,6 +282,10 @@ class ConnectParams:
         self._check_holdoff()
         settings = {**(server_settings or {}), **self.server_settings}
         started = time.monotonic()
+        password = self.password
+        # Compared after a refusal: a concurrent connect may have read the new
+        # password already, and this one was still refused with the old.
+        generation = password.generation if isinstance(password, PasswordFile) else 0
         try:
             return self._accepted(await self._open(connection_class, timeout, settings, options))
         except Exception as exc:
@@ -286,8 +294,8 @@ class ConnectParams:
                 raise
             if not (
                 refusal.kind == "authentication"
-                and isinstance(self.password, PasswordFile)
-                and self.password.reload()
+                and isinstance(password, PasswordFile)
+                and (password.reload() or password.generation != generation)
             ):
                 self._refuse(refusal)
                 raise
