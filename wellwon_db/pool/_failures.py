@@ -156,8 +156,8 @@ def _refused(
     )
     return ConfigurationError(
         f"the {database} database ({where}) {what}: {fix}. "
-        f"{refusal.error}: {refusal.detail}{again}. Not retried: a configuration error, "
-        "not an outage",
+        f"{refusal.error}: {refusal.detail.rstrip('.')}{again}. "
+        "Not retried: a configuration error, not an outage",
         env_var=variable,
     )
 
