@@ -47,8 +47,10 @@ def test_health_prints_a_table_and_exits_0(servers: Servers, tmp_path: Path) -> 
     for status, required, latency, rest in table.values():
         assert (status, required) == ("ok", "yes")
         assert float(latency) > 0
-        # server version, pool size/in use/waiting (one connection), breaker
-        assert re.match(r"\d+\.\d+.*\s1/0/0\s+closed$", rest), rest
+        # server version, pool size/in use/waiting (one connection), breaker, tls
+        assert re.match(r"\d+\.\d+.*\s1/0/0\s+closed\s+not encrypted \(sslmode=prefer\)$", rest), (
+            rest
+        )
 
 
 @pytest.mark.slow

@@ -104,9 +104,11 @@ TESTING_ALL = [
     "PostgresNotFoundError",
     "PostgresServer",
     "TcpProxy",
+    "TlsFiles",
     "UnscriptedQueryError",
     "find_pgbouncer",
     "find_postgres_bindir",
+    "make_certificates",
     "override_with_fakes",
     "run_sync",
 ]

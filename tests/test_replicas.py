@@ -119,6 +119,25 @@ async def test_reads_go_to_a_replica_that_keeps_up(
     assert not hasattr(replica, "executemany")
 
 
+async def test_replica_sessions_are_read_only(
+    dbs: tuple[MainDB, MainReplicaDB],
+    cluster: tuple[PostgresServer, PostgresServer, PostgresServer],
+) -> None:
+    """default_transaction_read_only is the session's own (a standby's recovery would refuse
+    writes anyway, but not a promoted one or a replica that is no standby): a stray write
+    through the replica client fails at the server."""
+    _, replica = dbs
+    row = await replica.fetchrow(
+        "SELECT current_setting('default_transaction_read_only'), inet_server_port()"
+    )
+    assert row is not None
+    assert (row[0], row[1]) == ("on", cluster[1].port)
+    with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+        await replica.fetchval("INSERT INTO items (batch, n) VALUES ('stray', 1) RETURNING id")
+    main, _ = dbs
+    assert await main.fetchval("SHOW default_transaction_read_only") == "off"
+
+
 async def test_reads_are_spread_over_several_replicas(
     cluster: tuple[PostgresServer, PostgresServer, PostgresServer],
     monkeypatch: pytest.MonkeyPatch,

@@ -29,6 +29,10 @@ REF_DSN = "postgresql://ref:swordfish@db-ref:5433/ref"
 # (field, main variable, reference variable, a valid non-default value)
 PER_DATABASE = [
     ("dsn", "POSTGRES_DSN", "POSTGRES_REFERENCE_DSN", "postgresql://u@h:1/other"),
+    # Files must exist, and a provider is a function: see tests/test_credentials_settings.py.
+    ("dsn_file", "POSTGRES_DSN_FILE", "POSTGRES_REFERENCE_DSN_FILE", ""),
+    ("password_file", "PG_PASSWORD_FILE", "PG_REFERENCE_PASSWORD_FILE", ""),
+    ("password_provider", "PG_PASSWORD_PROVIDER", "PG_REFERENCE_PASSWORD_PROVIDER", ""),
     ("pool_min_size", "PG_POOL_MIN_SIZE", "PG_REFERENCE_POOL_MIN_SIZE", "3"),
     ("pool_max_size", "PG_POOL_MAX_SIZE", "PG_REFERENCE_POOL_MAX_SIZE", "17"),
     ("pool_timeout_sec", "PG_POOL_TIMEOUT_SEC", "PG_REFERENCE_POOL_TIMEOUT_SEC", "2.5"),
@@ -75,6 +79,11 @@ PER_DATABASE = [
         "PG_REFERENCE_POOL_APPLICATION_NAME",
         "billing",
     ),
+    ("pool_sslmode", "PG_POOL_SSLMODE", "PG_REFERENCE_POOL_SSLMODE", "verify-full"),
+    ("pool_sslrootcert", "PG_POOL_SSLROOTCERT", "PG_REFERENCE_POOL_SSLROOTCERT", ""),
+    ("pool_sslcert", "PG_POOL_SSLCERT", "PG_REFERENCE_POOL_SSLCERT", ""),
+    ("pool_sslkey", "PG_POOL_SSLKEY", "PG_REFERENCE_POOL_SSLKEY", ""),
+    ("pool_read_only", "PG_POOL_READ_ONLY", "PG_REFERENCE_POOL_READ_ONLY", "true"),
     ("pool_reset", "PG_POOL_RESET", "PG_REFERENCE_POOL_RESET", "always"),
     ("startup_wait_sec", "PG_STARTUP_WAIT_SEC", "PG_REFERENCE_STARTUP_WAIT_SEC", "15"),
     ("pool_budget", "PG_POOL_BUDGET", "PG_REFERENCE_POOL_BUDGET", "40"),

@@ -63,11 +63,17 @@ async def run_cache_install(
     if print_sql:
         out(invalidation_sql(tables, settings.cache_channel) + ";")
         return 0
-    dsn = config.get_dsn(name)
+    params = config.get_connect_params(name)
+    # Installing triggers writes: a session made read-only by the settings could not.
+    params.server_settings.pop("default_transaction_read_only", None)
     try:
-        connection = await asyncpg.connect(dsn, timeout=settings.pool_connect_timeout_sec)
+        connection = await params.connect(
+            connection_class=asyncpg.Connection, timeout=settings.pool_connect_timeout_sec
+        )
     except Exception as exc:
-        error = translate_error(exc, name, "connecting", may_have_run=False)
+        error = translate_error(
+            exc, name, "connecting", may_have_run=False, sources=params.sources
+        )
         if error is exc:
             raise
         raise error from exc

@@ -310,6 +310,7 @@ def format_health(report: HealthReport) -> str:
         "server version",
         "pool size/in use/waiting",
         "breaker",
+        "tls",
         "error",
     )
     rows = []
@@ -324,6 +325,7 @@ def format_health(report: HealthReport) -> str:
                 health.server_version or "-",
                 f"{pool['size']}/{pool['in_use']}/{pool['waiting']}" if pool else "-",
                 str(health.breaker.get("state", "-")),
+                format_tls(health.tls),
                 health.error or "",
             )
         )
@@ -339,6 +341,21 @@ def format_health(report: HealthReport) -> str:
         else:
             lines.append(f"{name}: no replica configured, reads go to {primary} (set {variable})")
     return "\n".join(lines)
+
+
+_VERIFIED = {"full": "verified (CA, host name)", "ca": "CA verified", "none": "not verified"}
+
+
+def format_tls(tls: dict[str, object] | None) -> str:
+    """One database's TLS in a word or three: encrypted with what, verified how, which sslmode."""
+    if tls is None:
+        return "-"
+    mode = f"sslmode={tls['sslmode']}"
+    if tls["encrypted"] is None:
+        return f"unknown ({mode})"
+    if not tls["encrypted"]:
+        return f"not encrypted ({mode})"
+    return f"{tls['protocol']}, {_VERIFIED.get(str(tls['verification']), '?')} ({mode})"
 
 
 # -- config ---------------------------------------------------------------------

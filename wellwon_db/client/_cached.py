@@ -18,6 +18,7 @@ import asyncpg
 
 from wellwon_db.client._cache import MISS, CacheConfig, QueryCache
 from wellwon_db.client._listener import Listener, quote_identifier
+from wellwon_db.config._credentials import ConnectParams
 from wellwon_db.errors import ConfigurationError
 from wellwon_db.telemetry._telemetry import (
     record_invalidation_lag,
@@ -134,7 +135,7 @@ class CacheService:
         database: str,
         config: CacheConfig,
         *,
-        listen_dsn: str,
+        listen: str | ConnectParams,
         channel: str,
         connect_timeout: float,
     ) -> None:
@@ -142,7 +143,7 @@ class CacheService:
         self.channel = channel
         self.listener = Listener(
             f"{database}-cache",
-            listen_dsn,
+            listen,
             [channel],
             on_notify=self._notified,
             on_lost=self.cache.distrust,

@@ -20,6 +20,7 @@ from opentelemetry.trace import Span
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._write_tracking import record_position
 from wellwon_db.errors import (
+    ConfigurationError,
     DatabaseUnavailableError,
     PoolClosedError,
     PoolTimeoutError,
@@ -54,10 +55,17 @@ def record_outcome(breaker: CircuitBreaker, exc: BaseException, started: float) 
 
     A pool timeout is no verdict on the database: the application holds
     every connection (a slow database shows as slow calls and command
-    timeouts, an unreachable one as connect failures).
+    timeouts, an unreachable one as connect failures). Nor is a
+    configuration error: a refused login or certificate is fixed by an
+    operator, and opening the breaker would hide it behind ``CircuitOpenError``.
     """
     if isinstance(
-        exc, asyncio.CancelledError | PoolClosedError | PoolTimeoutError | WrongEventLoopError
+        exc,
+        asyncio.CancelledError
+        | PoolClosedError
+        | PoolTimeoutError
+        | ConfigurationError
+        | WrongEventLoopError,
     ):
         breaker.record_ignored()
     elif is_availability_failure(exc):

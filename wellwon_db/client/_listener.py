@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, TypeAlias
 import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from wellwon_db.config._credentials import ConnectParams
 from wellwon_db.pool import _fork
 
 __all__ = ["Listener", "ListenerState", "quote_identifier"]
@@ -62,7 +63,7 @@ class Listener:
     def __init__(
         self,
         name: str,
-        dsn: str,
+        dsn: str | ConnectParams,
         channels: Sequence[str],
         *,
         on_notify: Callable[[str, str], None],
@@ -74,7 +75,8 @@ class Listener:
         application_name: str | None = None,
     ) -> None:
         self.name = name
-        self._dsn = dsn
+        # The database's password, TLS and session settings apply here too.
+        self._connect = dsn if isinstance(dsn, ConnectParams) else ConnectParams(dsn)
         self._channels = tuple(channels)
         self._on_notify = on_notify
         self._on_lost = on_lost
@@ -135,8 +137,8 @@ class Listener:
                 connection.terminate()
 
     async def _listen(self) -> None:
-        connection: asyncpg.Connection[Any] = await asyncpg.connect(
-            self._dsn,
+        connection: asyncpg.Connection[Any] = await self._connect.connect(
+            connection_class=asyncpg.Connection,
             timeout=self._connect_timeout,
             server_settings={"application_name": self._application_name},
             statement_cache_size=0,

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from wellwon_db.config._credentials import ConnectParams, connect_params
 from wellwon_db.config._environment import check_variables, read_environment
 from wellwon_db.config._policies import (
     BreakerConfig,
@@ -253,6 +254,21 @@ class PostgresConfig:
             f"no DSN for the {settings.database} database: set {var} "
             f"(postgresql://user:password@host:port/dbname)",
             env_var=var,
+        )
+
+    def get_connect_params(
+        self, database: Database | str, dsn: str | None = None
+    ) -> ConnectParams:
+        """How ``database``'s connections to ``dsn`` (default: its DSN) are opened.
+
+        Password (its file, provider or the DSN's), TLS and session settings;
+        each call makes new parameters (their own password cache and holdoff
+        after a refused login), one per server endpoint. Raises
+        ``ConfigurationError`` naming the variable when the DSN is unset or
+        the password file cannot be read.
+        """
+        return connect_params(
+            self.settings_for(database), self.get_dsn(database) if dsn is None else dsn
         )
 
     def get_pool_config(self, database: Database | str) -> PoolConfig:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from wellwon_db.errors import ConfigurationError
 
-__all__ = ["redact_dsn", "validate_dsn"]
+__all__ = ["dsn_has_password", "redact_dsn", "validate_dsn"]
 
 _DSN_SCHEMES = ("postgres", "postgresql")
 
@@ -25,6 +25,16 @@ def redact_dsn(dsn: str) -> str:
         netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{user}@{hosts}"
     query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
     return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def dsn_has_password(dsn: str) -> bool:
+    """Whether ``dsn`` carries a password, in its user info or as ``password=`` in its query."""
+    try:
+        parts = urlsplit(dsn)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return False
+    return ":" in parts.netloc.rpartition("@")[0] or any(key == "password" for key, _ in query)
 
 
 def validate_dsn(dsn: str, env_var: str) -> None:

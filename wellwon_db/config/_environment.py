@@ -1,7 +1,7 @@
 """Our part of the environment: settings, typos, and the databases variables name.
 
 The check runs over the process environment and the ``.env`` file together.
-Variables of the pattern ``POSTGRES_<X>_DSN`` or ``PG_<X>_<GROUP>_<KNOB>``
+Variables of the pattern ``POSTGRES_<X>_DSN[_FILE]`` or ``PG_<X>_<GROUP>_<KNOB>``
 whose ``<X>`` is no declared database name a database of their own (the seed
 API can use it; containers leave it alone), unless ``<X>`` is so close to a
 declared database's infix that it is most likely a typo of it. Everything
@@ -32,7 +32,7 @@ __all__ = ["check_variables", "read_environment", "variables_of"]
 _GROUP = "|".join(GROUPS)
 _MAIN_VAR: Final = re.compile(rf"^PG_(?:{_GROUP})_[A-Z0-9_]+$")
 _DB_VAR: Final = re.compile(rf"^PG_(?P<db>[A-Z][A-Z0-9_]*?)_(?:{_GROUP})_[A-Z0-9_]+$")
-_DSN_VAR: Final = re.compile(r"^POSTGRES_(?P<db>[A-Z][A-Z0-9_]*)_DSN$")
+_DSN_VAR: Final = re.compile(r"^POSTGRES_(?P<db>[A-Z][A-Z0-9_]*?)_DSN(?:_FILE)?$")
 
 #: Prefixes of variables that are not per-database settings (checked where they are read).
 OTHER_PREFIXES: Final = ("PG_SHARDS_",)

@@ -64,8 +64,9 @@ class Database(StrEnum):
 #: A database's name: a :class:`Database` member for the built-in ones, else a ``str``.
 DatabaseName = Database | str
 
-#: The setting groups of the variable pattern ``PG_[<DB>_]<GROUP>_<KNOB>``.
-GROUPS: Final = ("POOL", "STARTUP", "BREAKER", "RETRY", "LOG", "HEALTH", "CACHE")
+#: The setting groups of the variable pattern ``PG_[<DB>_]<GROUP>_<KNOB>``
+#: (``PASSWORD`` holds ``PG_[<DB>_]PASSWORD_FILE`` and ``_PROVIDER``).
+GROUPS: Final = ("POOL", "STARTUP", "BREAKER", "RETRY", "LOG", "HEALTH", "CACHE", "PASSWORD")
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 

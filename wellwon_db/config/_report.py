@@ -27,8 +27,9 @@ from wellwon_db.errors import ConfigurationError
 
 __all__ = ["ConfigReport", "SettingReport", "SettingSource", "build_config_report"]
 
-#: ``default``, ``derived`` (a default adjusted by a rule), ``env`` or ``.env``.
-SettingSource: TypeAlias = Literal["default", "derived", "env", ".env"]
+#: ``default``, ``derived`` (a default adjusted by a rule), ``env``, ``.env``, or
+#: ``file`` (the DSN read from ``POSTGRES_[<DB>_]DSN_FILE``, never shown).
+SettingSource: TypeAlias = Literal["default", "derived", "env", ".env", "file"]
 
 #: A setting's value as shown: secrets masked, otherwise as validated.
 ShownValue: TypeAlias = str | int | float | bool | None
@@ -84,7 +85,8 @@ def build_config_report(
     """Describe ``config`` as loaded from ``environ`` (default ``os.environ``) and ``env_file``.
 
     ``env_file`` must be the file ``config`` was loaded with; a missing file
-    counts as none. Secrets are masked: DSNs keep everything but the password.
+    counts as none. Secrets are masked: DSNs keep everything but the password;
+    a DSN read from a file is not shown, nor is any file's content.
     """
     env_path = Path(env_file) if env_file is not None else None
     if env_path is not None and not env_path.is_file():
@@ -136,6 +138,10 @@ def _describe(
 ) -> SettingReport:
     names = env_var_names(settings_class, field)
     value = getattr(settings, field)
+    if field == "dsn" and settings.dsn_file is not None:
+        # Not even redacted: the file's content (host, user) is not shown at all.
+        file_variable = env_var_names(settings_class, "dsn_file")[0]
+        return SettingReport(field, names[0], f"(read from {file_variable})", "file")
     shown = _shown(value)
     for name in names:
         if name in from_env:
@@ -154,4 +160,7 @@ def _shown(value: object) -> ShownValue:
         return redact_dsn(secret) if "://" in secret else "***"
     if value is None or isinstance(value, str | int | float | bool):
         return value
+    if callable(value):  # a password provider: its name, as PG_[<DB>_]PASSWORD_PROVIDER takes it
+        module = getattr(value, "__module__", None) or "?"
+        return f"{module}:{getattr(value, '__qualname__', type(value).__name__)}"
     return str(value)

@@ -4,6 +4,8 @@ Naming pattern, one per database (``<DB>`` is the database's env infix, its
 name upper-cased, empty for main)::
 
     POSTGRES_[<DB>_]DSN          the DSN (a secret)
+    POSTGRES_[<DB>_]DSN_FILE     a file holding the DSN instead
+    PG_[<DB>_]PASSWORD_FILE      a file holding the password, read again when it changes
     PG_[<DB>_]POOL_<KNOB>        every pool knob, e.g. PG_REFERENCE_POOL_MAX_SIZE
 
     PG_[<DB>_]STARTUP_<KNOB>     start-up behaviour
@@ -24,20 +26,25 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from typing import Any, ClassVar, Literal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, ImportString, SecretStr
 from pydantic import model_validator as _model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from wellwon_db.config._dsn import validate_dsn
+from wellwon_db.config._dsn import dsn_has_password, validate_dsn
+from wellwon_db.config._files import check_readable, read_secret
 from wellwon_db.config._registry import MAIN, REFERENCE, Database, DatabaseSpec
+from wellwon_db.config._tls import SslMode, check_tls_files, dsn_query, merge_tls
 from wellwon_db.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_ENV_FILE",
     "DatabaseSettings",
     "MainDatabaseSettings",
+    "PasswordProvider",
     "ReferenceDatabaseSettings",
     "ReplicaSettings",
     "ResetPolicy",
@@ -49,6 +56,20 @@ __all__ = [
 ]
 
 ResetPolicy = Literal["smart", "always"]
+
+
+def _not_empty(value: object) -> object:
+    # An empty variable would otherwise become Path("."), the working directory.
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must be a file path (unset the variable rather than leave it empty)")
+    return value
+
+
+#: A password for each new connection, or an awaitable of one (IAM tokens), as asyncpg takes.
+PasswordProvider = Callable[[], str] | Callable[[], Awaitable[str]]
+
+#: A path setting: never empty.
+FilePath = Annotated[Path, BeforeValidator(_not_empty)]
 
 DEFAULT_ENV_FILE = ".env"
 
@@ -104,6 +125,27 @@ class DatabaseSettings(BaseSettings):
     dsn: SecretStr | None = Field(
         default=None,
         description="postgresql://user:password@host:port/dbname of this database.",
+    )
+    dsn_file: FilePath | None = Field(
+        default=None,
+        description=(
+            "A file holding the DSN instead (the _FILE convention of Docker images), read at "
+            "start-up; its content is never shown."
+        ),
+    )
+    password_file: FilePath | None = Field(
+        default=None,
+        description=(
+            "A file holding the password (then not in the DSN), read again for new "
+            "connections whenever it changes: rotation without a restart."
+        ),
+    )
+    password_provider: ImportString[PasswordProvider] | None = Field(
+        default=None,
+        description=(
+            "module:function returning the password (or an awaitable of it), called for every "
+            "new connection, e.g. RDS or Cloud SQL IAM tokens; in code, any such callable."
+        ),
     )
     pool_min_size: int = Field(
         default=10, ge=0, le=10_000, description="Connections opened at start-up and kept."
@@ -167,6 +209,32 @@ class DatabaseSettings(BaseSettings):
         pattern=r"\S",
         max_length=63,
         description="application_name reported to the server; default wellwon_db:<database>.",
+    )
+    pool_sslmode: SslMode | None = Field(
+        default=None,
+        description=(
+            "TLS: disable, allow, prefer, require, verify-ca or verify-full (checks the CA and "
+            "the host name: use it for anything off the host); unset: the DSN's, else prefer."
+        ),
+    )
+    pool_sslrootcert: FilePath | None = Field(
+        default=None,
+        description="CA certificates (PEM) that verify the server's certificate.",
+    )
+    pool_sslcert: FilePath | None = Field(
+        default=None,
+        description="Client certificate (PEM) for certificate authentication.",
+    )
+    pool_sslkey: FilePath | None = Field(
+        default=None,
+        description="The client certificate's private key (PEM, unencrypted).",
+    )
+    pool_read_only: bool = Field(
+        default=False,
+        description=(
+            "true: sessions open with default_transaction_read_only=on, so a write fails at "
+            "the server; default true for replica databases."
+        ),
     )
     pool_reset: ResetPolicy = Field(
         default="smart",
@@ -426,14 +494,7 @@ class DatabaseSettings(BaseSettings):
                 f"set {min_var} <= {max_var}",
                 env_var=min_var,
             )
-        if self.dsn is not None:
-            for dsn in split_dsns(self.dsn.get_secret_value()):
-                validate_dsn(dsn, env_var_name(type(self), "dsn"))
-        if self.cache_listen_dsn is not None:
-            validate_dsn(
-                self.cache_listen_dsn.get_secret_value(),
-                env_var_name(type(self), "cache_listen_dsn"),
-            )
+        self._check_credentials()
         for low, high in (
             ("breaker_open_sec", "breaker_open_max_sec"),
             ("retry_backoff_sec", "retry_backoff_max_sec"),
@@ -450,6 +511,76 @@ class DatabaseSettings(BaseSettings):
                     env_var=low_var,
                 )
         return self
+
+    def _check_credentials(self) -> None:
+        """The DSN (read from its file), password sources and TLS files, checked now."""
+        kind = type(self)
+        dsn_var = env_var_name(kind, "dsn")
+        if self.dsn_file is not None:
+            file_var = env_var_name(kind, "dsn_file")
+            if self.dsn is not None:
+                raise ConfigurationError(
+                    f"both {dsn_var} and {file_var} are set for the {self.database} database; "
+                    "set only one of them",
+                    env_var=file_var,
+                )
+            dsn_var = file_var
+            object.__setattr__(
+                self, "dsn", SecretStr(read_secret(self.dsn_file, dsn_var, self.database))
+            )
+        dsns = split_dsns(self.dsn.get_secret_value()) if self.dsn is not None else []
+        listen = self.cache_listen_dsn.get_secret_value() if self.cache_listen_dsn else None
+        listen_var = env_var_name(kind, "cache_listen_dsn")
+        for dsn in dsns:
+            validate_dsn(dsn, dsn_var)
+        if listen is not None:
+            validate_dsn(listen, listen_var)
+        password_vars = [
+            env_var_name(kind, field)
+            for field in ("password_file", "password_provider")
+            if getattr(self, field) is not None
+        ]
+        if len(password_vars) > 1:
+            raise ConfigurationError(
+                f"both {password_vars[0]} and {password_vars[1]} are set for the "
+                f"{self.database} database; set only one of them",
+                env_var=password_vars[1],
+            )
+        for variable, values in ((dsn_var, dsns), (listen_var, [listen] if listen else [])):
+            if password_vars and any(dsn_has_password(dsn) for dsn in values):
+                raise ConfigurationError(
+                    f"{variable} carries a password and {password_vars[0]} is set for the "
+                    f"{self.database} database; take the password out of the DSN",
+                    env_var=variable,
+                )
+        if self.password_file is not None:
+            read_secret(self.password_file, env_var_name(kind, "password_file"), self.database)
+        given: dict[str, tuple[str, str]] = {}
+        for name in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
+            value = getattr(self, f"pool_{name}")
+            if value is not None:
+                given[name] = (str(value), env_var_name(kind, f"pool_{name}"))
+                if name != "sslmode":
+                    check_readable(Path(value), given[name][1], self.database)
+        if "sslkey" in given and "sslcert" not in given:
+            raise ConfigurationError(
+                f"{given['sslkey'][1]} is set without {env_var_name(kind, 'pool_sslcert')} for "
+                f"the {self.database} database; set the client certificate too",
+                env_var=env_var_name(kind, "pool_sslcert"),
+            )
+        targets = [(dsn, dsn_var) for dsn in dsns]
+        if listen is not None:
+            targets.append((listen, listen_var))
+        for dsn, variable in targets:
+            query = dsn_query(merge_tls(dsn, variable, given, self.database))
+            check_tls_files(
+                {
+                    name: (query[name], given[name][1] if name in given else variable)
+                    for name in ("sslrootcert", "sslcert", "sslkey")
+                    if query.get(name)
+                },
+                self.database,
+            )
 
     @property
     def application_name(self) -> str:
@@ -483,6 +614,13 @@ class ReplicaSettings(DatabaseSettings):
             "positions) is skipped: its reads go to another replica or to the primary."
         ),
     )
+    pool_read_only: bool = Field(
+        default=True,
+        description=(
+            "true (the default for replicas): sessions open with default_transaction_read_only"
+            "=on, so a stray write fails at the server; false: the server's default."
+        ),
+    )
     lag_check_sec: float = Field(
         default=0.5,
         gt=0,
@@ -509,6 +647,7 @@ def settings_class(spec: DatabaseSpec) -> type[DatabaseSettings]:
     """
     annotations: dict[str, Any] = {
         "dsn": "SecretStr | None",
+        "dsn_file": "FilePath | None",
         "startup_dsn_required": "bool",
         "cache_enabled": "bool",
     }
@@ -527,6 +666,11 @@ def settings_class(spec: DatabaseSpec) -> type[DatabaseSettings]:
             description=(
                 _DSN_DESCRIPTION if spec.replica_of is None else _REPLICA_DSN_DESCRIPTION
             ).format(name=spec.name if spec.replica_of is None else spec.replica_of),
+        ),
+        "dsn_file": Field(
+            default=None,
+            validation_alias=f"{spec.dsn_variable}_FILE",
+            description=DatabaseSettings.model_fields["dsn_file"].description,
         ),
         "startup_dsn_required": Field(
             default=spec.required,

@@ -29,6 +29,7 @@ from wellwon_db.client._readonly import ReadOnlyClient
 from wellwon_db.client._replicas import ReplicaEndpoint, ReplicaSet
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._config import PostgresConfig
+from wellwon_db.config._credentials import connect_params
 from wellwon_db.config._registry import DatabaseName, DatabaseSpec, client_class_of, spec_for
 from wellwon_db.config._settings import ReplicaSettings, env_var_name, split_dsns
 from wellwon_db.errors import ConfigurationError
@@ -95,6 +96,7 @@ async def open_database_pool(
         config.get_dsn(spec.name),
         config.get_pool_config(spec.name),
         telemetry=config.get_telemetry_config(spec.name),
+        connect=config.get_connect_params(spec.name),
     )
     await pool.open()
     try:
@@ -161,8 +163,14 @@ async def _start_cache(
             ttl=settings.cache_ttl_sec,
             stale_if_error=settings.cache_stale_if_error_sec,
         ),
-        listen_dsn=(
-            listen_dsn.get_secret_value() if listen_dsn is not None else config.get_dsn(spec.name)
+        listen=(
+            connect_params(
+                settings,
+                listen_dsn.get_secret_value(),
+                dsn_variable=env_var_name(settings_type, "cache_listen_dsn"),
+            )
+            if listen_dsn is not None
+            else config.get_connect_params(spec.name)
         ),
         channel=settings.cache_channel,
         connect_timeout=settings.pool_connect_timeout_sec,
@@ -239,7 +247,11 @@ async def open_replica_set(
         slot = PoolSlot(spec.name)
         slot.configure(config.get_breaker_config(spec.name), config.get_retry_config(spec.name))
         pool = DatabasePool(
-            spec.name, dsn, pool_config, telemetry=config.get_telemetry_config(spec.name)
+            spec.name,
+            dsn,
+            pool_config,
+            telemetry=config.get_telemetry_config(spec.name),
+            connect=config.get_connect_params(spec.name, dsn),
         )
         slot.pool = pool
         slot.breaker.add_listener(lambda _transition: replicas.refresh())

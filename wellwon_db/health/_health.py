@@ -14,6 +14,12 @@ by ``PG_[<DB>_]HEALTH_TIMEOUT_SEC``, and folds the results into one
   default true) is down; ``degraded`` when any database is degraded or an
   optional one is down; ``ok`` otherwise.
 
+Each database's ``tls`` says what its connections ask for (``sslmode``,
+where that was set, what is verified of the server's certificate) and, after
+a probe that answered, whether the session that answered is encrypted: the
+server's own view, from ``pg_stat_ssl`` (behind PgBouncer, that is
+PgBouncer's link to the server).
+
 Reports are JSON-serialisable through ``to_dict()``; no DSN or password ever
 appears in them.
 """
@@ -34,6 +40,7 @@ from wellwon_db.client._readonly import ReadOnlyClient
 from wellwon_db.client._replicas import ReplicaSet
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._config import PostgresConfig
+from wellwon_db.config._credentials import database_tls
 from wellwon_db.config._policies import HealthConfig
 from wellwon_db.config._registry import DatabaseName, database_name
 from wellwon_db.config._settings import env_var_name, split_dsns
@@ -64,6 +71,9 @@ _T = TypeVar("_T")
 #: The probe: cheap, read-only, and its answer is worth reporting.
 PROBE_SQL = "SHOW server_version"
 
+#: Whether this session is encrypted, as the server sees it.
+TLS_SQL = "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
 #: Breaker states in which an answering database counts as ``ok``.
 _HEALTHY_BREAKER_STATES = frozenset({"closed", "disabled"})
 
@@ -82,6 +92,9 @@ class DatabaseHealth:
     and bytes, its pool and breaker; empty when none is configured and its
     reads go to the primary), and ``pool``/``breaker`` are empty. ``cache``
     describes its result cache (listener state, entries, counts) when it has one.
+    ``tls`` is ``{"sslmode", "sslmode_from", "verification" ("full": CA and
+    host name, "ca", "none"), "encrypted", "protocol"}``; the last two are
+    ``None`` when unknown (the probe failed, or a fake answered).
     """
 
     database: str
@@ -94,6 +107,7 @@ class DatabaseHealth:
     breaker: dict[str, Any]
     replicas: list[dict[str, Any]] | None = None
     cache: dict[str, Any] | None = None
+    tls: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -104,6 +118,7 @@ class DatabaseHealth:
             "latency_ms": self.latency_ms,
             "server_version": self.server_version,
             "error": self.error,
+            "tls": None if self.tls is None else dict(self.tls),
             "pool": dict(self.pool),
             "breaker": dict(self.breaker),
             **({} if self.replicas is None else {"replicas": [dict(r) for r in self.replicas]}),
@@ -235,8 +250,11 @@ class HealthChecker:
         except Exception as exc:
             error = describe_error(exc)
         error = None if error is None else redact_secrets(error, self._secrets)
+        tls = await self._tls(database, slot, client, started + settings.timeout, error is None)
         if isinstance(slot, ReplicaSet):
-            return _replica_health(slot, settings, latency_ms, version, error)
+            return dataclasses.replace(
+                _replica_health(slot, settings, latency_ms, version, error), tls=tls
+            )
         pool = slot.pool
         stats: dict[str, Any] = dict(pool.get_stats()) if pool is not None else {}
         breaker: dict[str, Any] = dict(slot.breaker.snapshot())
@@ -250,7 +268,43 @@ class HealthChecker:
             pool=dict(stats),
             breaker=dict(breaker),
             cache=None if slot.cache is None else slot.cache.describe(),
+            tls=tls,
         )
+
+    async def _tls(
+        self,
+        database: DatabaseName,
+        slot: PoolSlot | ReplicaSet,
+        client: DatabaseClient | ReadOnlyClient,
+        deadline: float,
+        answered: bool,
+    ) -> dict[str, Any] | None:
+        """What TLS ``database`` asks for, and whether the server sees this session encrypted."""
+        settings = self._config.settings_for(database)
+        if settings.dsn is None:
+            return None
+        mode = database_tls(settings, split_dsns(settings.dsn.get_secret_value())[0])
+        tls: dict[str, Any] = {
+            "sslmode": mode.sslmode,
+            "sslmode_from": mode.origin,
+            "verification": mode.verification,
+            "encrypted": None,
+            "protocol": None,
+        }
+        if isinstance(slot, PoolSlot):
+            real = slot.pool is not None
+        else:
+            real = bool(slot.endpoints) or slot.primary.pool is not None
+        if answered and real:  # a fake client knows nothing of pg_stat_ssl
+            try:
+                row = await _within(
+                    max(deadline - time.perf_counter(), 0.0), client.fetchrow(TLS_SQL)
+                )
+            except Exception:
+                row = None  # unknown, which is what the report then says
+            if row is not None:
+                tls["encrypted"], tls["protocol"] = bool(row["ssl"]), row["version"]
+        return tls
 
 
 def _unconfigured(slot: PoolSlot | ReplicaSet) -> ConfigurationError | None:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from wellwon_db.config._credentials import ConnectParams
 from wellwon_db.config._policies import PoolConfig
 from wellwon_db.errors import DatabaseUnavailableError
 from wellwon_db.pool._failures import translate_error
@@ -102,10 +103,14 @@ def use_driver_timeout(connection: Connection, seconds: float | None) -> None:
 class Connector:
     """Opens, checks, resets and closes the connections of one pool."""
 
-    def __init__(self, name: str, dsn: str, config: PoolConfig) -> None:
+    def __init__(
+        self, name: str, dsn: str, config: PoolConfig, params: ConnectParams | None = None
+    ) -> None:
         self.name = name
         self.dsn = dsn
         self.config = config
+        #: Password (file or provider), TLS and server settings of the connections.
+        self.params = params or ConnectParams(dsn)
         self.address = urlsplit(dsn).netloc.rpartition("@")[2] or "localhost"
         # asyncpg's connection configuration without and with its command timeout.
         self._configs: tuple[object, object] | None = None
@@ -117,8 +122,7 @@ class Connector:
         """
         config = self.config
         try:
-            connection: Connection = await asyncpg.connect(
-                self.dsn,
+            connection: Connection = await self.params.connect(
                 timeout=config.connect_timeout,
                 command_timeout=None,
                 # PgBouncer in transaction mode cannot keep named prepared statements.
@@ -142,7 +146,13 @@ class Connector:
                 database=self.name,
                 may_have_run=False,
             )
-        return translate_error(exc, self.name, f"connecting to {self.address}", may_have_run=False)
+        return translate_error(
+            exc,
+            self.name,
+            f"connecting to {self.address}",
+            may_have_run=False,
+            sources=self.params.sources,
+        )
 
     def driver_timeout(self, connection: Connection, on: bool) -> None:
         """Switch asyncpg's own command timeout of ``connection`` on (raw use) or off.

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from typing import cast
 from urllib.parse import SplitResult, urlsplit
 
+from wellwon_db.config._credentials import ConnectParams
 from wellwon_db.config._dsn import redact_dsn
 from wellwon_db.config._policies import PoolConfig, TelemetryConfig
 from wellwon_db.config._registry import DatabaseName
@@ -83,6 +84,7 @@ class DatabasePool:
         config: PoolConfig,
         *,
         telemetry: TelemetryConfig | None = None,
+        connect: ConnectParams | None = None,
     ) -> None:
         if config.database != database:
             raise ValueError(
@@ -108,7 +110,7 @@ class DatabasePool:
             pool_name=config.application_name,
             slow_query=(telemetry or TelemetryConfig()).slow_query,
         )
-        self._connector = Connector(self._name, dsn, config)
+        self._connector = Connector(self._name, dsn, config, connect or ConnectParams(dsn))
         #: Lending and taking back connections: the per-call path clients use.
         self.leases = Leases(
             self._name,

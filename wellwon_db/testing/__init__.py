@@ -7,6 +7,8 @@
   default) in front of a :class:`PostgresServer`.
 * :class:`TcpProxy` sits between a client and a server and cuts the link or
   goes silent on demand, for fault-injection tests.
+* :func:`make_certificates` writes a throwaway CA and certificates
+  (:class:`TlsFiles`) for a server started with ``PostgresServer(tls=...)``.
 * ``wellwon_db.testing.pytest_plugin``, loaded by pytest through its
   ``pytest11`` entry point, gives fixtures: servers, a fresh database per
   test, a started container, fakes.
@@ -31,6 +33,7 @@ from wellwon_db.testing._server import (
     find_postgres_bindir,
     run_sync,
 )
+from wellwon_db.testing._tls import TlsFiles, make_certificates
 
 __all__ = [
     "FakeCall",
@@ -48,9 +51,11 @@ __all__ = [
     "PostgresNotFoundError",
     "PostgresServer",
     "TcpProxy",
+    "TlsFiles",
     "UnscriptedQueryError",
     "find_pgbouncer",
     "find_postgres_bindir",
+    "make_certificates",
     "override_with_fakes",
     "run_sync",
 ]

@@ -25,13 +25,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import asyncpg
+
+from wellwon_db.testing._tls import TlsFiles
 
 __all__ = ["PostgresNotFoundError", "PostgresServer", "find_postgres_bindir", "run_sync"]
 
@@ -220,6 +222,11 @@ class PostgresServer:
     ``start()`` again brings it back on the same port, ``cleanup()`` (or
     leaving the ``with`` block) stops it and deletes its files. The superuser
     is ``postgres`` with trust authentication on loopback only.
+
+    ``tls`` turns TLS on with those files (the server's certificate and key,
+    and its CA for client certificates); ``password_auth`` makes every other
+    role log in with ``scram-sha-256``; ``hba`` lines come first in its
+    ``pg_hba.conf`` (e.g. ``hostssl all certuser 127.0.0.1/32 cert``).
     """
 
     def __init__(
@@ -229,10 +236,16 @@ class PostgresServer:
         bindir: Path | None = None,
         settings: dict[str, str] | None = None,
         primary: PostgresServer | None = None,
+        tls: TlsFiles | None = None,
+        password_auth: bool = False,
+        hba: Sequence[str] = (),
     ) -> None:
         self.name = name
         self._bindir = bindir
         self._settings = dict(settings or {})
+        self._tls = tls
+        self._password_auth = password_auth
+        self._hba = tuple(hba)
         #: The server this one streams from (a hot standby), if any.
         self.primary = primary
         self._process: subprocess.Popen[bytes] | None = None
@@ -298,6 +311,7 @@ class PostgresServer:
             "max_connections": "200",
             "shared_buffers": "32MB",
             "log_min_messages": "warning",
+            **self._access_settings(),
             **self._settings,
         }
         args = [str(bindir / "postgres"), "-D", str(self.data_dir)]
@@ -316,6 +330,40 @@ class PostgresServer:
         log.close()
         self._wait_ready(timeout)
         return self
+
+    def _access_settings(self) -> dict[str, str]:
+        """TLS and ``pg_hba.conf`` settings, their files written next to the data directory."""
+        if self._tls is None and not self._password_auth and not self._hba:
+            return {}
+        base = self.data_dir.parent
+        settings: dict[str, str] = {}
+        if self._tls is not None:
+            for option, source, name in (
+                ("ssl_cert_file", self._tls.server_cert, "server.crt"),
+                ("ssl_key_file", self._tls.server_key, "server.key"),
+                ("ssl_ca_file", self._tls.ca, "root.crt"),
+            ):
+                target = base / name
+                shutil.copyfile(source, target)
+                os.chmod(target, 0o600)  # the server refuses a key others can read
+                _chown(target, self._account)
+                settings[option] = str(target)
+            settings["ssl"] = "on"
+        others = "scram-sha-256" if self._password_auth else "trust"
+        lines = [
+            *self._hba,
+            "local all postgres trust",
+            f"host all postgres {self.host}/32 trust",
+            f"local all all {others}",
+            f"host all all {self.host}/32 {others}",
+            "host replication all 127.0.0.1/32 trust",
+        ]
+        hba = base / "pg_hba.conf"
+        hba.write_text("\n".join(lines) + "\n")
+        _chown(hba, self._account)
+        settings["hba_file"] = str(hba)
+        settings["password_encryption"] = "scram-sha-256"
+        return settings
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
