@@ -20,6 +20,7 @@ WELLWON_DB_ALL = [
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
+    "ConnectionSetup",
     "CrossShardWriteError",
     "Database",
     "DatabaseClient",

@@ -12,6 +12,7 @@ from wellwon_db.client._positions import read_after, write_token
 from wellwon_db.client._readonly import MainReplicaDB, ReadOnlyClient, ReferenceReplicaDB
 from wellwon_db.client._transaction import TransactionScope
 from wellwon_db.config._config import PostgresConfig, get_postgres_config
+from wellwon_db.config._connection import ConnectionSetup
 from wellwon_db.config._policies import BreakerConfig, PoolConfig, RetryConfig
 from wellwon_db.config._registry import Database, DatabaseSpec, declare_database
 from wellwon_db.di._compat import (
@@ -72,6 +73,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
+    "ConnectionSetup",
     "CrossShardWriteError",
     "Database",
     "DatabaseClient",

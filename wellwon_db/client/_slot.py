@@ -38,6 +38,8 @@ class PoolSlot:
         "cache",
         "cache_off",
         "database",
+        "listen_dsn",
+        "listen_off",
         "pool",
         "retry",
         "track_writes",
@@ -61,6 +63,10 @@ class PoolSlot:
         self.cache: CacheService | None = None
         #: Why there is none: the setting that turns it on.
         self.cache_off: ConfigurationError | None = None
+        #: Where ``client.listen()`` connects while the pool is open (a secret) ...
+        self.listen_dsn: str | None = None
+        #: ... or why it cannot (LISTEN does not work through PgBouncer).
+        self.listen_off: ConfigurationError | None = None
         self.breaker = CircuitBreaker(str(self.database), breaker)
         self.breaker.add_listener(record_breaker_transition)
         self.retry = RetryPolicy(str(self.database), retry)

@@ -332,6 +332,8 @@ class DatabasePool(PoolLeases):
         counted in the stats.
         """
         config = self._config
+        # Server settings, JSON codec and init hook, the same for every connection.
+        prepare = config.preparation
         started = time.monotonic()
         try:
             connection: Connection = await asyncpg.connect(
@@ -340,9 +342,18 @@ class DatabasePool(PoolLeases):
                 command_timeout=config.command_timeout or None,
                 # PgBouncer in transaction mode cannot keep named prepared statements.
                 statement_cache_size=0 if config.pgbouncer else config.statement_cache_size,
-                server_settings={"application_name": config.application_name},
+                server_settings={
+                    **prepare.server_settings,
+                    "application_name": config.application_name,
+                },
                 connection_class=PooledConnection,
             )
+            if prepare.runs_anything:
+                try:
+                    await prepare(connection)
+                except BaseException:
+                    connection.terminate()  # half set up: never pooled
+                    raise
         except BaseException as exc:
             error = self._acquire_error(exc)
             if error is exc:
