@@ -8,6 +8,8 @@ layer (``config``, ``telemetry``, ``pool``, ``resilience``, ``client``,
 from wellwon_db._version import __version__ as __version__
 from wellwon_db.client._cached import CachedQueries
 from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
+from wellwon_db.client._cursor import RowStream
+from wellwon_db.client._notifications import Notification, NotificationGap, Notifications
 from wellwon_db.client._positions import read_after, write_token
 from wellwon_db.client._readonly import MainReplicaDB, ReadOnlyClient, ReferenceReplicaDB
 from wellwon_db.client._transaction import TransactionScope
@@ -93,6 +95,9 @@ __all__ = [
     "MainReplicaDB",
     "Migration",
     "MigrationReport",
+    "Notification",
+    "NotificationGap",
+    "Notifications",
     "PartialResultError",
     "PoolClosedError",
     "PoolConfig",
@@ -104,6 +109,7 @@ __all__ = [
     "ReferenceReplicaDB",
     "ReplicaProviders",
     "RetryConfig",
+    "RowStream",
     "ShardClient",
     "ShardMap",
     "ShardProviders",
