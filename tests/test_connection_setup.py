@@ -219,3 +219,27 @@ async def test_json_as_python_values(
             assert await b.fetchval("SELECT '{\"x\": 1}'::json") == {"x": 1}
         with pytest.raises(asyncpg.DataError, match="not JSON serializable"):
             await main.execute(f"INSERT INTO {table} VALUES (3, $1, NULL)", {"at": object()})
+
+
+async def test_a_hook_failing_on_a_later_connection_fails_that_call_only(
+    db_env: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PG_POOL_MIN_SIZE", "1")
+    monkeypatch.setenv("PG_POOL_MAX_SIZE", "2")
+    opened: list[int] = []
+
+    async def init(connection: asyncpg.Connection[Any]) -> None:
+        opened.append(connection.get_server_pid())
+        if len(opened) == 2:
+            raise LookupError("no such codec")
+
+    container = DatabaseContainer()
+    container.connection_init.override(providers.Dict(main=init))
+    async with started(container) as main, main.transaction() as held:
+        with pytest.raises(LookupError, match="no such codec") as caught:
+            await main.fetchval("SELECT 1")  # needs a second connection
+        assert any("main database" in note for note in caught.value.__notes__)
+        assert await held.fetchval("SELECT 1") == 1
+        assert await main.fetchval("SELECT 2") == 2  # the third attempt is set up fine
+        assert main.pool.get_stats()["size"] == 2
+        assert len(opened) == 3
