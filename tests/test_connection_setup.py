@@ -128,7 +128,7 @@ async def test_a_failing_init_hook_fails_start_up_and_names_the_database(
     assert container.main_slot().pool is None
 
 
-async def test_a_replica_database_gets_its_primarys_setup() -> None:
+def test_a_replica_database_gets_its_primarys_setup() -> None:
     async def init(connection: asyncpg.Connection[Any]) -> None:
         return None
 
@@ -138,6 +138,18 @@ async def test_a_replica_database_gets_its_primarys_setup() -> None:
     assert setup.init is init
     assert connection_setup_for(mapping, "reference") is None
     assert connection_setup_for(None, "main") is None
+    assert connection_setup_for({"MAIN": init}, "main") is not None  # names in any case
+
+
+def test_a_setup_for_an_undeclared_database_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def init(connection: asyncpg.Connection[Any]) -> None:
+        return None
+
+    with caplog.at_level("WARNING", logger="wellwon_db.pool"):
+        assert connection_setup_for({"mian": init}, "main") is None
+    assert "'mian', which is no declared database" in caplog.text
 
 
 def test_setup_arguments_are_checked() -> None:
@@ -149,6 +161,8 @@ def test_setup_arguments_are_checked() -> None:
         ConnectionSetup(init="SET work_mem = '64MB'")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="ConnectionSetup or an async function"):
         connection_setup_for({"main": 42}, "main")
+    with pytest.raises(ConfigurationError, match="database"):
+        connection_setup_for({"no such db": print}, "main")
     given = {"work_mem": "64MB"}
     setup = ConnectionSetup(server_settings=given)
     given["work_mem"] = "1GB"

@@ -102,6 +102,8 @@ async def test_errors_in_a_stream(main: MainDB) -> None:
         ) as r:
             async for _ in r:
                 pass
+    with pytest.raises(asyncpg.InterfaceError, match="a fetch failed"):
+        await anext(r)
     with pytest.raises(DatabaseUnavailableError) as lost:
         async with main.transaction() as tx:
             pid = await tx.fetchval("SELECT pg_backend_pid()")

@@ -91,7 +91,7 @@ class RowStream(Generic[_T]):
         self._connection: Connection | None = None
         self._span: Span | None = None
         self._started = 0.0
-        #: ``new`` (nothing sent), ``open``, ``done`` (all read, or failed), ``ended``
+        #: ``new`` (nothing sent), ``open``, ``done`` (all read), ``failed``, ``ended``
         #: (its transaction ended first).
         self._state = "new"
 
@@ -111,6 +111,11 @@ class RowStream(Generic[_T]):
                     "cannot use the cursor: its transaction ended; read the rows inside the "
                     "`async with` block"
                 )
+            if state == "failed":
+                raise asyncpg.InterfaceError(
+                    "cannot use the cursor: a fetch failed (the error was raised then); "
+                    "open a new one, in a new transaction"
+                )
             self._open()
         iterator = self._iterator
         try:
@@ -122,6 +127,7 @@ class RowStream(Generic[_T]):
             assert self._connection is not None  # set when opened
             error = self._scope._failed(exc, self._connection)
             self._finish(error)
+            self._state = "failed"
             if error is exc:
                 raise
             raise error from exc

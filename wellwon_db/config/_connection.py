@@ -26,7 +26,9 @@ the database's connection set-up.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -34,6 +36,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import asyncpg
 
+from wellwon_db.config._registry import database_name, is_declared
 from wellwon_db.errors import ConfigurationError
 
 __all__ = [
@@ -48,6 +51,8 @@ __all__ = [
 ConnectionInit: TypeAlias = Callable[["asyncpg.Connection[Any]"], Awaitable[None]]
 #: ``text``: json/jsonb values are ``str`` (asyncpg's default); ``python``: decoded objects.
 JsonCodec: TypeAlias = Literal["text", "python"]
+
+logger = logging.getLogger("wellwon_db.pool")
 
 #: Settings the pool sets itself, from its own variables.
 _RESERVED_SETTINGS: Final = {"application_name": "PG_[<DB>_]POOL_APPLICATION_NAME"}
@@ -106,14 +111,19 @@ def connection_setup_for(
     for anything else.
     """
     if isinstance(given, Mapping):
-        unknown = [key for key in given if not isinstance(key, str)]
-        if unknown:
-            raise ConfigurationError(
-                f"connection_init maps database names to setups, got the key {unknown[0]!r}"
-            )
-        entry = given.get(database)
+        by_name = {}
+        for key, value in given.items():
+            if not isinstance(key, str):
+                raise ConfigurationError(
+                    f"connection_init maps database names to setups, got the key {key!r}"
+                )
+            name = str(database_name(key))  # ConfigurationError for a name no database can have
+            if name != database and not is_declared(name):
+                _warn_undeclared(name)
+            by_name[name] = value
+        entry = by_name.get(database)
         if entry is None and primary is not None:
-            entry = given.get(primary)
+            entry = by_name.get(primary)
         given = entry
     if given is None or isinstance(given, ConnectionSetup):
         return given
@@ -125,13 +135,23 @@ def connection_setup_for(
     )
 
 
+@functools.cache
+def _warn_undeclared(name: str) -> None:
+    """Once per name: a set-up for a database nobody declared (a typo of a real one?)."""
+    logger.warning(
+        "connection_init has a set-up for %r, which is no declared database: it applies only "
+        "if a database of that name is opened (check the spelling)",
+        name,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionPreparation:
     """The set-up a pool gives each new connection: built from settings and code.
 
     ``server_settings`` go into the connect call; calling the object (with
-    the open connection) installs the JSON codec and runs the init hook.
-    ``None`` in place of this object means there is nothing to run.
+    the open connection) installs the JSON codec and runs the init hook;
+    ``runs_anything`` is false when that would do nothing.
     """
 
     database: str
