@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,8 @@ from wellwon_db import (
     DatabaseClient,
     DatabaseContainer,
     MainDB,
+    Notification,
+    NotificationGap,
     ReferenceDB,
     TransactionScope,
     get_postgres_config,
@@ -324,6 +327,83 @@ async def test_fakes_have_no_raw_connections() -> None:
 
 
 # -- FakeRecord ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    name: str
+
+
+async def test_fakes_map_rows_to_models() -> None:
+    fake = FakeMainDB()
+    fake.script("SELECT id, name FROM items", [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    assert await fake.fetch("SELECT id, name FROM items", model=Item) == [
+        Item(1, "a"),
+        Item(2, "b"),
+    ]
+    assert await fake.fetchrow("SELECT id, name FROM items", model=Item) == Item(1, "a")
+    assert await fake.fetchrow("SELECT nothing", model=Item) is None
+    row, _ = await fake.fetch("SELECT id, name FROM items", record_class=asyncpg.Record)
+    assert isinstance(row, FakeRecord)  # record_class is not built by a fake
+    async with fake.transaction() as tx:
+        assert await tx.fetch("SELECT id, name FROM items", model=Item) == [
+            Item(1, "a"),
+            Item(2, "b"),
+        ]
+    with pytest.raises(TypeError, match="not both"):
+        await fake.fetch("SELECT 1", model=Item, record_class=asyncpg.Record)  # type: ignore[call-overload]
+
+
+async def test_fake_cursors_stream_the_scripted_rows() -> None:
+    fake = FakeMainDB()
+    fake.script("SELECT id, name FROM items", [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}])
+    async with fake.cursor("SELECT id, name FROM items", prefetch=1, model=Item) as rows:
+        assert [item async for item in rows] == [Item(1, "a"), Item(2, "b")]
+    async with fake.transaction() as tx:
+        assert [r["id"] async for r in tx.cursor("SELECT id, name FROM items")] == [1, 2]
+    assert [call.method for call in fake.calls] == [
+        "begin",
+        "cursor",
+        "commit",
+        "begin",
+        "cursor",
+        "commit",
+    ]
+    with pytest.raises(TypeError, match=r"async with client\.cursor"):
+        async for _ in fake.cursor("SELECT 1"):  # type: ignore[attr-defined]
+            pass
+
+
+async def test_fake_copy_is_recorded() -> None:
+    fake = FakeMainDB()
+    status = await fake.copy_records_to_table("items", records=[(1, "a"), (2, "b")])
+    assert status == "COPY 2"
+    fake.script("COPY items TO STDOUT", "COPY 7")
+    assert await fake.copy_from_table("items", output=bytearray()) == "COPY 7"
+    async with fake.transaction() as tx:
+        assert await tx.copy_from_query("SELECT 1", output=None) == "COPY 0"
+    copy_in = fake.calls[0]
+    assert (copy_in.method, copy_in.query) == ("copy_records_to_table", "COPY items FROM STDIN")
+    assert copy_in.args == ((1, "a"), (2, "b"))
+    assert fake.calls[-2].query == "COPY (SELECT 1) TO STDOUT"
+    assert fake.calls[-2].in_transaction
+
+
+async def test_fake_listen_is_fed_by_the_test() -> None:
+    fake = FakeMainDB()
+    async with fake.listen("orders") as notifications:
+        assert fake.notify("orders", "o1") == 1
+        assert fake.notify("elsewhere", "x") == 0
+        fake.simulate_reconnect()
+        fake.notify("orders", "o2")
+        items = [await anext(notifications) for _ in range(3)]
+    assert items[0] == Notification("orders", "o1", 0)
+    assert isinstance(items[1], NotificationGap)
+    assert items[1].reason == "reconnected"
+    assert items[2] == Notification("orders", "o2", 0)
+    assert fake.calls == [FakeCall("listen", args=("orders",))]
+    assert fake.notify("orders") == 0  # the block ended
 
 
 def test_fake_record_reads_like_a_record() -> None:

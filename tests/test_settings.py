@@ -170,6 +170,7 @@ PER_DATABASE = [
         "PG_REFERENCE_BREAKER_PROBE_INTERVAL_SEC",
         "0.25",
     ),
+    ("pool_json_codec", "PG_POOL_JSON_CODEC", "PG_REFERENCE_POOL_JSON_CODEC", "python"),
     ("cache_enabled", "PG_CACHE_ENABLED", "PG_REFERENCE_CACHE_ENABLED", ""),  # per-db default
     ("cache_max_entries", "PG_CACHE_MAX_ENTRIES", "PG_REFERENCE_CACHE_MAX_ENTRIES", "500"),
     ("cache_ttl_sec", "PG_CACHE_TTL_SEC", "PG_REFERENCE_CACHE_TTL_SEC", "30"),

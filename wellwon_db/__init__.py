@@ -8,10 +8,13 @@ layer (``config``, ``telemetry``, ``pool``, ``resilience``, ``client``,
 from wellwon_db._version import __version__ as __version__
 from wellwon_db.client._cached import CachedQueries
 from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
+from wellwon_db.client._cursor import RowStream
+from wellwon_db.client._notifications import Notification, NotificationGap, Notifications
 from wellwon_db.client._positions import read_after, write_token
 from wellwon_db.client._readonly import MainReplicaDB, ReadOnlyClient, ReferenceReplicaDB
 from wellwon_db.client._transaction import TransactionScope
 from wellwon_db.config._config import PostgresConfig, get_postgres_config
+from wellwon_db.config._connection import ConnectionSetup
 from wellwon_db.config._policies import BreakerConfig, PoolConfig, RetryConfig
 from wellwon_db.config._registry import Database, DatabaseSpec, declare_database
 from wellwon_db.di._compat import (
@@ -73,6 +76,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "ConfigurationError",
+    "ConnectionSetup",
     "CrossShardWriteError",
     "Database",
     "DatabaseClient",
@@ -92,6 +96,9 @@ __all__ = [
     "MainReplicaDB",
     "Migration",
     "MigrationReport",
+    "Notification",
+    "NotificationGap",
+    "Notifications",
     "PartialResultError",
     "PoolClosedError",
     "PoolConfig",
@@ -103,6 +110,7 @@ __all__ = [
     "ReferenceReplicaDB",
     "ReplicaProviders",
     "RetryConfig",
+    "RowStream",
     "ShardClient",
     "ShardMap",
     "ShardProviders",

@@ -170,7 +170,7 @@ class CacheService:
         self.cache.installed = {row[0] for row in rows}
         self.cache.trust()
 
-    def _notified(self, channel: str, payload: str) -> None:
+    def _notified(self, channel: str, payload: str, pid: int) -> None:
         table, _, sent_ms = payload.rpartition(" ")
         if not table or not sent_ms.isdigit():
             table, sent_ms = payload, ""

@@ -4,7 +4,9 @@ Every call goes through the database's circuit breaker, takes a connection
 from its own pool, runs one statement and hands the connection back (reset
 first only when the statement changed session state, see ``_session.py``).
 Connection-level failures become ``DatabaseUnavailableError``; PostgreSQL
-errors reach the caller unchanged.
+errors reach the caller unchanged. COPY takes the same path; a cursor
+streams inside a transaction of its own (``_cursor.py``); ``listen()``
+holds a connection of its own outside the pool (``_notifications.py``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,30 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import asyncpg
 
 from wellwon_db.client._cached import CachedQueries
+from wellwon_db.client._copy import (
+    Records,
+    copy_call,
+    copy_from_query,
+    copy_from_table,
+    copy_records_to_table,
+    copy_to_table,
+)
+from wellwon_db.client._cursor import CursorBlock, RowStream, check_prefetch
 from wellwon_db.client._declared import DeclaredClient
 from wellwon_db.client._guarded import record_outcome, run_guarded
+from wellwon_db.client._notifications import Notifications, listen_on
+from wellwon_db.client._rows import (
+    check_row_options,
+    fetch_call_for,
+    fetchrow_call_for,
+    map_row,
+    map_rows,
+)
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._transaction import (
     IsolationLevel,
@@ -39,6 +58,8 @@ from wellwon_db.resilience._breaker import CircuitBreaker
 __all__ = ["DatabaseClient", "MainDB", "ReferenceDB"]
 
 _T = TypeVar("_T")
+_M = TypeVar("_M")
+_R = TypeVar("_R", bound=asyncpg.Record)
 Record = asyncpg.Record
 
 
@@ -121,20 +142,90 @@ class DatabaseClient(DeclaredClient):
         """This database's circuit breaker (state, listeners, force open, reset)."""
         return self._slot.breaker
 
+    @overload
     async def fetch(
         self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
-    ) -> list[Record]:
-        """Run ``query`` with ``args``; all rows."""
-        return await run_guarded(self._slot, fetch_call, query, args, timeout, idempotent)
+    ) -> list[Record]: ...
+    @overload
+    async def fetch(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        model: type[_M],
+    ) -> list[_M]: ...
+    @overload
+    async def fetch(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        record_class: type[_R],
+    ) -> list[_R]: ...
+    async def fetch(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> list[Any]:
+        """Run ``query`` with ``args``; all rows.
 
+        ``model``: each row becomes ``model(**row)`` (a dataclass, ...) or,
+        for a pydantic model, ``model.model_validate(row)``; a row that does
+        not fit raises ``TypeError`` naming its columns (pydantic's
+        ``ValidationError`` for a pydantic model). ``record_class``: rows are
+        built by asyncpg as that ``asyncpg.Record`` subclass. Not both.
+        """
+        if model is None and record_class is None:
+            return await run_guarded(self._slot, fetch_call, query, args, timeout, idempotent)
+        check_row_options(model, record_class)
+        call = fetch_call if record_class is None else fetch_call_for(record_class)
+        rows: list[Any] = await run_guarded(self._slot, call, query, args, timeout, idempotent)
+        return rows if model is None else map_rows(rows, model)
+
+    @overload
     async def fetchrow(
         self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
-    ) -> Record | None:
-        """Run ``query`` with ``args``; the first row or ``None``."""
-        row: Record | None = await run_guarded(
-            self._slot, fetchrow_call, query, args, timeout, idempotent
-        )
-        return row
+    ) -> Record | None: ...
+    @overload
+    async def fetchrow(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        model: type[_M],
+    ) -> _M | None: ...
+    @overload
+    async def fetchrow(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        record_class: type[_R],
+    ) -> _R | None: ...
+    async def fetchrow(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> Any:
+        """Run ``query`` with ``args``; the first row or ``None`` (``model`` as for ``fetch``)."""
+        if model is None and record_class is None:
+            return await run_guarded(self._slot, fetchrow_call, query, args, timeout, idempotent)
+        check_row_options(model, record_class)
+        call = fetchrow_call if record_class is None else fetchrow_call_for(record_class)
+        row = await run_guarded(self._slot, call, query, args, timeout, idempotent)
+        return row if model is None else map_row(row, model)
 
     async def fetchval(
         self,
@@ -215,6 +306,153 @@ class DatabaseClient(DeclaredClient):
             deferrable=deferrable,
             attempts=attempts,
         )
+
+    @overload
+    def cursor(
+        self,
+        query: str,
+        *args: Any,
+        prefetch: int | None = None,
+        timeout: float | None = None,
+        isolation: IsolationLevel | None = None,
+        readonly: bool = False,
+    ) -> CursorBlock[Record]: ...
+    @overload
+    def cursor(
+        self,
+        query: str,
+        *args: Any,
+        prefetch: int | None = None,
+        timeout: float | None = None,
+        isolation: IsolationLevel | None = None,
+        readonly: bool = False,
+        model: type[_M],
+    ) -> CursorBlock[_M]: ...
+    @overload
+    def cursor(
+        self,
+        query: str,
+        *args: Any,
+        prefetch: int | None = None,
+        timeout: float | None = None,
+        isolation: IsolationLevel | None = None,
+        readonly: bool = False,
+        record_class: type[_R],
+    ) -> CursorBlock[_R]: ...
+    def cursor(
+        self,
+        query: str,
+        *args: Any,
+        prefetch: int | None = None,
+        timeout: float | None = None,
+        isolation: IsolationLevel | None = None,
+        readonly: bool = False,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> CursorBlock[Any]:
+        """``async with client.cursor(query, *args) as rows: async for row in rows:``.
+
+        Streams the rows through a server-side cursor, ``prefetch`` (default
+        50) per round trip, in a transaction of its own that lasts exactly
+        the block (committed when it ends normally, rolled back when it
+        raises; ``isolation``/``readonly`` as for :meth:`transaction`). The
+        breaker is asked when the block starts; ``timeout`` bounds each fetch.
+        Inside a transaction already, use ``tx.cursor(...)``. Raises
+        ``ValueError`` for a ``prefetch`` below 1, ``TypeError`` for
+        ``async for`` over the block itself.
+        """
+        check_prefetch(prefetch)
+        check_row_options(model, record_class)
+
+        def stream(scope: TransactionScope) -> RowStream[Any]:
+            if record_class is not None:
+                return scope.cursor(
+                    query, *args, prefetch=prefetch, timeout=timeout, record_class=record_class
+                )
+            if model is not None:
+                return scope.cursor(query, *args, prefetch=prefetch, timeout=timeout, model=model)
+            return scope.cursor(query, *args, prefetch=prefetch, timeout=timeout)
+
+        return CursorBlock(Transaction(self._slot, isolation, readonly, False), stream)
+
+    async def copy_records_to_table(
+        self,
+        table_name: str,
+        *,
+        records: Records,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        where: str | None = None,
+    ) -> str:
+        """COPY ``records`` into a table (binary); the status, ``"COPY 3"``.
+
+        ``records``: tuples (or an async iterable of them) in ``columns``'
+        order. Through the breaker and the pool like any call, bounded by
+        ``timeout`` (default: the command timeout); retried only when it
+        failed before reaching the server (the records are read once).
+        """
+        call = copy_records_to_table(table_name, records, columns, schema_name, where)
+        return await run_guarded(self._slot, copy_call, call.statement, call, timeout, False)
+
+    async def copy_to_table(
+        self,
+        table_name: str,
+        *,
+        source: Any,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> str:
+        """COPY ``source`` (a path, a file, an async iterable of bytes) into a table.
+
+        ``options`` are asyncpg's COPY options (``format="csv"``,
+        ``header=True``, ``delimiter``, ``null``, ``where``, ...); an unknown
+        one raises ``TypeError`` before anything is sent.
+        """
+        call = copy_to_table(table_name, source, columns, schema_name, options)
+        return await run_guarded(self._slot, copy_call, call.statement, call, timeout, False)
+
+    async def copy_from_table(
+        self,
+        table_name: str,
+        *,
+        output: Any,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> str:
+        """COPY a table to ``output`` (a path, a file, an async function taking bytes)."""
+        call = copy_from_table(table_name, output, columns, schema_name, options)
+        return await run_guarded(self._slot, copy_call, call.statement, call, timeout, False)
+
+    async def copy_from_query(
+        self, query: str, *args: Any, output: Any, timeout: float | None = None, **options: Any
+    ) -> str:
+        """COPY the rows of ``query`` (with ``args``) to ``output``; the status."""
+        call = copy_from_query(query, args, output, options)
+        return await run_guarded(self._slot, copy_call, call.statement, call, timeout, False)
+
+    def listen(
+        self, channel: str, *channels: str, max_queued: int = 10_000
+    ) -> AbstractAsyncContextManager[Notifications]:
+        """``async with client.listen("orders") as notifications: async for item in ...``.
+
+        LISTEN on ``channel`` (and ``channels``) over a connection of its own,
+        outside the pool, for the block. Entering returns once listening:
+        a ``NOTIFY`` committed after that is delivered. Items are
+        ``Notification`` (channel, payload, pid) and ``NotificationGap``
+        (notifications may have been missed: after a reconnect, or when more
+        than ``max_queued`` were waiting). The connection is re-established
+        with backoff after any failure. Raises ``CircuitOpenError`` while the
+        breaker is open, ``DatabaseUnavailableError`` when the first connect
+        fails, ``ValueError`` for an unusable channel name, and
+        ``ConfigurationError`` when the DSN points at PgBouncer without
+        ``PG_[<DB>_]CACHE_LISTEN_DSN``.
+        """
+        return listen_on(self._slot, (channel, *channels), max_queued)
 
     def acquire(self) -> AbstractAsyncContextManager[Connection]:
         """A raw asyncpg connection for the block; its session is reset afterwards."""

@@ -51,7 +51,8 @@ def quote_identifier(name: str) -> str:
 class Listener:
     """LISTEN on ``channels`` over a connection of its own, reconnecting after failures.
 
-    ``on_notify(channel, payload)`` is called for every notification;
+    ``on_notify(channel, payload, pid)`` is called for every notification
+    (``pid``: the sending backend's);
     ``on_lost()`` when the connection is found lost (before any reconnect);
     ``on_listening()`` each time the listener is (again) listening. All three
     are synchronous and run on the event loop. ``await on_connect(connection)``
@@ -66,7 +67,7 @@ class Listener:
         dsn: str | ConnectParams,
         channels: Sequence[str],
         *,
-        on_notify: Callable[[str, str], None],
+        on_notify: Callable[[str, str, int], None],
         on_lost: Callable[[], None] = lambda: None,
         on_listening: Callable[[], None] = lambda: None,
         on_connect: Callable[[asyncpg.Connection[Any]], Awaitable[None]] | None = None,
@@ -99,14 +100,20 @@ class Listener:
     def __repr__(self) -> str:
         return f"<Listener {self.name} {self.state} channels={list(self._channels)}>"
 
-    async def start(self) -> None:
+    async def start(self, *, retry_in_background: bool = True) -> None:
         """Listen now, or (when the server cannot be reached) keep trying in the background.
 
-        Returns once listening, or after the first failed attempt.
+        Returns once listening, or after the first failed attempt; with
+        ``retry_in_background=False`` that attempt's error is raised instead
+        (and the listener is stopped). Reconnects after a later loss happen
+        in the background either way.
         """
         try:
             await self._listen()
         except Exception as exc:
+            if not retry_in_background:
+                self.state = "stopped"
+                raise
             logger.warning("%s: cannot listen yet (%s); retrying", self.name, exc)
             self._mark_lost()
         self._task = asyncio.get_running_loop().create_task(
@@ -165,7 +172,7 @@ class Listener:
 
     def _notified(self, connection: object, pid: int, channel: str, payload: object) -> None:
         try:
-            self._on_notify(channel, str(payload))
+            self._on_notify(channel, str(payload), pid)
         except Exception:
             logger.exception("%s: handling a notification failed", self.name)
 

@@ -15,13 +15,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import asyncpg
 
 from wellwon_db.client._declared import DeclaredClient
 from wellwon_db.client._guarded import StatementCall, run_guarded
 from wellwon_db.client._replicas import ReplicaSet
+from wellwon_db.client._rows import (
+    check_row_options,
+    fetch_call_for,
+    fetchrow_call_for,
+    map_row,
+    map_rows,
+)
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._transaction import (
     IsolationLevel,
@@ -37,6 +44,8 @@ from wellwon_db.telemetry._telemetry import record_route
 __all__ = ["MainReplicaDB", "ReadOnlyClient", "ReferenceReplicaDB"]
 
 _T = TypeVar("_T")
+_M = TypeVar("_M")
+_R = TypeVar("_R", bound=asyncpg.Record)
 Record = asyncpg.Record
 
 #: Failures of a replica after which the read is run on the primary instead.
@@ -97,16 +106,64 @@ class ReadOnlyClient(DeclaredClient):
         record_route(replicas.database, "replica", reason)
         return result
 
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Record]:
-        """Run ``query`` with ``args`` on a replica (or the primary); all rows."""
-        return await self._read(fetch_call, query, args, timeout)
+    @overload
+    async def fetch(
+        self, query: str, *args: Any, timeout: float | None = None
+    ) -> list[Record]: ...
+    @overload
+    async def fetch(
+        self, query: str, *args: Any, timeout: float | None = None, model: type[_M]
+    ) -> list[_M]: ...
+    @overload
+    async def fetch(
+        self, query: str, *args: Any, timeout: float | None = None, record_class: type[_R]
+    ) -> list[_R]: ...
+    async def fetch(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> list[Any]:
+        """Run ``query`` with ``args`` on a replica (or the primary); all rows.
 
+        ``model`` and ``record_class`` as for ``DatabaseClient.fetch``.
+        """
+        if model is None and record_class is None:
+            return await self._read(fetch_call, query, args, timeout)
+        check_row_options(model, record_class)
+        call = fetch_call if record_class is None else fetch_call_for(record_class)
+        rows: list[Any] = await self._read(call, query, args, timeout)
+        return rows if model is None else map_rows(rows, model)
+
+    @overload
     async def fetchrow(
         self, query: str, *args: Any, timeout: float | None = None
-    ) -> Record | None:
-        """Run ``query`` with ``args``; the first row or ``None``."""
-        row: Record | None = await self._read(fetchrow_call, query, args, timeout)
-        return row
+    ) -> Record | None: ...
+    @overload
+    async def fetchrow(
+        self, query: str, *args: Any, timeout: float | None = None, model: type[_M]
+    ) -> _M | None: ...
+    @overload
+    async def fetchrow(
+        self, query: str, *args: Any, timeout: float | None = None, record_class: type[_R]
+    ) -> _R | None: ...
+    async def fetchrow(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> Any:
+        """Run ``query`` with ``args``; the first row (as ``model`` ...) or ``None``."""
+        if model is None and record_class is None:
+            return await self._read(fetchrow_call, query, args, timeout)
+        check_row_options(model, record_class)
+        call = fetchrow_call if record_class is None else fetchrow_call_for(record_class)
+        row = await self._read(call, query, args, timeout)
+        return row if model is None else map_row(row, model)
 
     async def fetchval(
         self, query: str, *args: Any, column: int = 0, timeout: float | None = None

@@ -15,6 +15,7 @@ from wellwon_db.telemetry._telemetry import record_breaker_transition
 
 if TYPE_CHECKING:
     from wellwon_db.client._cached import CacheService
+    from wellwon_db.config._credentials import ConnectParams
 
 __all__ = ["PoolSlot"]
 
@@ -40,6 +41,8 @@ class PoolSlot:
         "cache",
         "cache_off",
         "database",
+        "listen_dsn",
+        "listen_off",
         "loop_ended",
         "pool",
         "retry",
@@ -66,6 +69,10 @@ class PoolSlot:
         self.cache: CacheService | None = None
         #: Why there is none: the setting that turns it on.
         self.cache_off: ConfigurationError | None = None
+        #: Where ``client.listen()`` connects while the pool is open (a secret) ...
+        self.listen_dsn: ConnectParams | None = None
+        #: ... or why it cannot (LISTEN does not work through PgBouncer).
+        self.listen_off: ConfigurationError | None = None
         self.breaker = CircuitBreaker(str(self.database), breaker)
         self.breaker.add_listener(record_breaker_transition)
         #: Fails queued callers when the breaker opens; checks the server while open.

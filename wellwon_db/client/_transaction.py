@@ -10,188 +10,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
-from typing import Any, Literal, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 import asyncpg
 
 from wellwon_db.client._guarded import record_outcome
+from wellwon_db.client._scope import (
+    TransactionScope,
+    execute_call,
+    executemany_call,
+    fetch_call,
+    fetchrow_call,
+)
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._write_tracking import record_position
 from wellwon_db.config._registry import DatabaseName
 from wellwon_db.errors import DatabaseUnavailableError
 from wellwon_db.pool._failures import translate_error
 from wellwon_db.pool._pool import Connection, DatabasePool
-from wellwon_db.pool._raw import RawConnection
-from wellwon_db.pool._session import (
-    SessionEffect,
-    reads_sequence_state,
-    session_effect,
-    writes_data,
-)
+from wellwon_db.pool._session import SessionEffect
 from wellwon_db.pool._slots import Holder
 from wellwon_db.resilience._retry import is_transaction_retryable
 from wellwon_db.telemetry._telemetry import PoolTelemetry
 
-__all__ = ["IsolationLevel", "Transaction", "TransactionScope", "run_in_transaction"]
+__all__ = [
+    "IsolationLevel",
+    "Transaction",
+    "TransactionScope",
+    "execute_call",
+    "executemany_call",
+    "fetch_call",
+    "fetchrow_call",
+    "run_in_transaction",
+]
 
 _T = TypeVar("_T")
 Record = asyncpg.Record
 IsolationLevel = Literal["read_committed", "repeatable_read", "serializable"]
-
-
-# Module-level calls so that the per-query path allocates no closures.
-def fetch_call(c: Connection, q: str, a: Any, t: float | None) -> Awaitable[list[Record]]:
-    """``connection.fetch``."""
-    return c.fetch(q, *a, timeout=t)
-
-
-def fetchrow_call(c: Connection, q: str, a: Any, t: float | None) -> Awaitable[Any]:
-    """``connection.fetchrow``."""
-    return c.fetchrow(q, *a, timeout=t)
-
-
-def execute_call(c: Connection, q: str, a: Any, t: float | None) -> Awaitable[str]:
-    """``connection.execute``."""
-    return c.execute(q, *a, timeout=t)
-
-
-def executemany_call(c: Connection, q: str, a: Any, t: float | None) -> Awaitable[None]:
-    """``connection.executemany``."""
-    return c.executemany(q, a, timeout=t)
-
-
-class TransactionScope:
-    """The query methods inside a transaction, all on its one connection.
-
-    ``transaction()`` opens a savepoint: rolled back alone when its block
-    raises. Using the scope after its block ended raises asyncpg's
-    ``InterfaceError`` (the connection went back to the pool).
-    """
-
-    __slots__ = ("_connection", "_database", "_lent", "_owner", "_telemetry")
-
-    def __init__(
-        self,
-        connection: Connection,
-        database: DatabaseName,
-        owner: Transaction,
-        telemetry: PoolTelemetry | None = None,
-    ) -> None:
-        self._connection: Connection | None = connection
-        self._lent: RawConnection | None = None
-        self._database = database
-        self._owner = owner
-        self._telemetry = telemetry
-
-    def _live(self) -> Connection:
-        connection = self._connection
-        if connection is None:
-            raise asyncpg.InterfaceError(
-                "cannot use the transaction scope: its block ended and the connection was "
-                "released back to the pool; run statements inside the `async with` block"
-            )
-        return connection
-
-    def _end(self) -> None:
-        self._connection = None
-        if self._lent is not None:
-            self._lent.detach()
-
-    @property
-    def connection(self) -> Connection:
-        """The raw connection, lent for the block; using it marks the session for a reset.
-
-        Using it after the block raises asyncpg's ``InterfaceError``.
-        """
-        connection = self._live()
-        self._owner.effect = max(self._owner.effect, SessionEffect.RESET)
-        self._owner.wrote = True  # anything may be done with it
-        if self._lent is None:
-            self._lent = RawConnection(connection)
-        return cast("Connection", self._lent)
-
-    async def _run(
-        self,
-        call: Callable[[Connection, str, Any, float | None], Awaitable[_T]],
-        query: str,
-        args: Any,
-        timeout: float | None,
-        batch: int | None = None,
-    ) -> _T:
-        connection = self._live()
-        effect = session_effect(query)
-        owner = self._owner
-        holder = owner._holder
-        if (
-            holder is not None
-            and holder.stale_sequences
-            and owner.effect < SessionEffect.SEQUENCES  # not this block's own lastval()
-            and reads_sequence_state(query)
-        ):
-            await connection.execute("DISCARD SEQUENCES")  # an earlier borrower's goes
-            holder.stale_sequences = False
-        if effect > owner.effect:
-            owner.effect = effect
-        if not owner.wrote and owner.tracks_writes and writes_data(query):
-            owner.wrote = True
-        telemetry = self._telemetry
-        span = (
-            telemetry.start(query, parameterized=bool(args), batch=batch)
-            if telemetry is not None
-            else None
-        )
-        started = time.monotonic()
-        try:
-            result = await call(connection, query, args, timeout)
-        except BaseException as exc:
-            error = _lost_in_transaction(exc, connection, self._database)
-            if telemetry is not None:
-                telemetry.finish(span, query, started, error, sent=started, batch=batch)
-            if isinstance(error, DatabaseUnavailableError):
-                self._owner.effect = SessionEffect.BROKEN
-            if error is exc:
-                raise
-            raise error from exc
-        if telemetry is not None:
-            telemetry.finish(span, query, started, sent=started, batch=batch)
-        return result
-
-    async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Record]:
-        """Run ``query`` with ``args``; all rows."""
-        return await self._run(fetch_call, query, args, timeout)
-
-    async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None
-    ) -> Record | None:
-        """Run ``query`` with ``args``; the first row or ``None``."""
-        row: Record | None = await self._run(fetchrow_call, query, args, timeout)
-        return row
-
-    async def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
-    ) -> Any:
-        """Run ``query`` with ``args``; value ``column`` of the first row, or ``None``."""
-        row: Record | None = await self._run(fetchrow_call, query, args, timeout)
-        return None if row is None else row[column]
-
-    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        """Run ``query`` with ``args``; the command status."""
-        return await self._run(execute_call, query, args, timeout)
-
-    async def executemany(
-        self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None
-    ) -> None:
-        """Run ``query`` once per tuple in ``args``."""
-        sets = args if isinstance(args, list) else list(args)
-        await self._run(executemany_call, query, sets, timeout, batch=len(sets))
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[TransactionScope]:
-        """A savepoint for the block: released on success, rolled back on error."""
-        async with self._live().transaction():
-            yield self
 
 
 class Transaction:
@@ -389,26 +245,6 @@ async def _operation(telemetry: PoolTelemetry, name: str, statement: Awaitable[A
         telemetry.finish(span, name, started, exc, sent=started, operation=name)
         raise
     telemetry.finish(span, name, started, sent=started, operation=name)
-
-
-def _lost_in_transaction(
-    exc: BaseException, connection: Connection, database: DatabaseName
-) -> BaseException:
-    """A statement's failure inside a transaction, translated.
-
-    A lost connection rolls the transaction back on the server, so nothing of
-    it can have committed (``may_have_run`` false: running it again is safe).
-    asyncpg reports a connection it already knows closed as a bare
-    ``InterfaceError``; that is a lost connection too.
-    """
-    if isinstance(exc, asyncpg.InterfaceError) and connection.is_closed():
-        return DatabaseUnavailableError(
-            f"the {database} database connection was lost during a transaction, which "
-            "was rolled back (nothing of it committed; it is safe to run again)",
-            database=str(database),
-            may_have_run=False,
-        )
-    return translate_error(exc, database, "running a query in a transaction", may_have_run=False)
 
 
 def _lost_before_commit(database: DatabaseName) -> DatabaseUnavailableError:

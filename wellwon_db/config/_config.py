@@ -11,6 +11,7 @@ in the same words.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import threading
@@ -272,8 +273,19 @@ class PostgresConfig:
         )
 
     def get_pool_config(self, database: Database | str) -> PoolConfig:
-        """The pool settings of ``database`` (its own, never another database's)."""
-        return PoolConfig.from_settings(self.settings_for(database))
+        """The pool settings of ``database`` (its own, never another database's).
+
+        One exception: a replica database whose JSON codec is not set
+        decodes JSON as its primary does, so a read answers alike wherever
+        it is routed.
+        """
+        settings = self.settings_for(database)
+        config = PoolConfig.from_settings(settings)
+        primary = settings.spec.replica_of
+        if primary is not None and "pool_json_codec" not in settings.model_fields_set:
+            codec = self.settings_for(primary).pool_json_codec
+            config = dataclasses.replace(config, json_codec=codec)
+        return config
 
     def get_breaker_config(self, database: Database | str) -> BreakerConfig:
         """The circuit-breaker thresholds of ``database``."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from wellwon_db.config._connection import ConnectionPreparation, ConnectionSetup, JsonCodec
 from wellwon_db.config._registry import DatabaseName
 from wellwon_db.config._settings import DatabaseSettings, ResetPolicy, env_var_name
 from wellwon_db.config._workers import worker_count
@@ -101,6 +102,22 @@ class PoolConfig:
     reconnect_backoff_max: float = 2.0
     #: How messages name the setting behind a field (``pool_max_size`` -> its env variable).
     setting_names: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
+    # -- connection set-up (config/_connection.py) --
+    #: ``text`` (json/jsonb as ``str``) or ``python`` (decoded with the stdlib ``json``).
+    json_codec: JsonCodec = "text"
+    #: The application's init hook and server settings (code, from the container).
+    setup: ConnectionSetup | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def preparation(self) -> ConnectionPreparation:
+        """What the pool does to each new connection: server settings, JSON codec, init hook."""
+        setup = self.setup
+        return ConnectionPreparation(
+            str(self.database),
+            self.json_codec,
+            setup.init if setup is not None else None,
+            setup.server_settings if setup is not None else {},
+        )
 
     @classmethod
     def from_settings(cls, settings: DatabaseSettings) -> PoolConfig:
@@ -161,6 +178,7 @@ class PoolConfig:
                 name: env_var_name(type(settings), name)
                 for name in ("pool_max_size", "pool_timeout_sec", "pool_budget")
             },
+            json_codec=settings.pool_json_codec,
         )
 
 

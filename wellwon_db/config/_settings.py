@@ -307,6 +307,15 @@ class DatabaseSettings(BaseSettings):
         le=100,
         description="Percent of max_size in use that counts as pool pressure.",
     )
+    # -- connection set-up (the init hook and server settings are code: ConnectionSetup) --
+    pool_json_codec: Literal["text", "python"] = Field(
+        default="text",
+        description=(
+            "json and jsonb values: 'text' returns and takes them as str (asyncpg's default); "
+            "'python' decodes them to dict/list/... with the stdlib json and encodes Python "
+            "values given as arguments. Unset for a replica database: its primary's."
+        ),
+    )
     log_slow_query_sec: float = Field(
         default=1.0,
         ge=0,

@@ -133,8 +133,11 @@ class DatabaseContainer(containers.DeclarativeContainer, metaclass=_DatabaseCont
     ``settings`` takes settings from code (a ``providers.Configuration``:
     ``providers.Container(DatabaseContainer, settings=app.config.db)``),
     which win over the environment; ``config`` is the validated
-    :class:`PostgresConfig`, read when the pools start. Each database's
-    providers come from :func:`database_providers`; subclass to add yours.
+    :class:`PostgresConfig`, read when the pools start; ``connection_init``
+    maps database names to the set-up of their new connections (an init
+    hook, server settings: ``ConnectionSetup``). Each database's providers
+    come from :func:`database_providers`; subclass to add yours (pass
+    ``init=DatabaseContainer.connection_init`` for the mapping to apply).
 
     Clients reach their pool through a slot, not through the Resource: they
     are plain objects (no Future), survive a stop and start, and
@@ -145,14 +148,21 @@ class DatabaseContainer(containers.DeclarativeContainer, metaclass=_DatabaseCont
     config: providers.Singleton[PostgresConfig] = providers.Singleton(
         load_container_config, settings
     )
+    #: Set-up of every new connection, by database name: a ``ConnectionSetup`` or an async
+    #: function taking the connection (a replica database without an entry gets its
+    #: primary's). Override it: ``providers.Container(DatabaseContainer,
+    #: connection_init=providers.Dict(main=init_main))``.
+    connection_init: providers.Dict = providers.Dict()
 
-    main_slot, main_pool, main_db = database_providers(MainDB, config)
-    reference_slot, reference_pool, reference_db = database_providers(ReferenceDB, config)
+    main_slot, main_pool, main_db = database_providers(MainDB, config, init=connection_init)
+    reference_slot, reference_pool, reference_db = database_providers(
+        ReferenceDB, config, init=connection_init
+    )
     main_replica_slot, main_replica_pool, main_replica_db = replica_providers(
-        MainReplicaDB, config, main_slot, main_pool
+        MainReplicaDB, config, main_slot, main_pool, init=connection_init
     )
     reference_replica_slot, reference_replica_pool, reference_replica_db = replica_providers(
-        ReferenceReplicaDB, config, reference_slot, reference_pool
+        ReferenceReplicaDB, config, reference_slot, reference_pool, init=connection_init
     )
 
     #: A :class:`HealthChecker` of every database of this container (set by the metaclass).

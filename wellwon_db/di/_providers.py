@@ -14,6 +14,7 @@ leave every other provider (an application's Redis) alone.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from wellwon_db.client._readonly import ReadOnlyClient
 from wellwon_db.client._replicas import ReplicaEndpoint, ReplicaSet
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.config._config import PostgresConfig
-from wellwon_db.config._credentials import connect_params
+from wellwon_db.config._connection import ConnectionInit, ConnectionSetup, connection_setup_for
+from wellwon_db.config._credentials import ConnectParams, connect_params
+from wellwon_db.config._policies import PoolConfig
 from wellwon_db.config._registry import DatabaseName, DatabaseSpec, client_class_of, spec_for
 from wellwon_db.config._settings import ReplicaSettings, env_var_name, split_dsns
 from wellwon_db.errors import ConfigurationError
@@ -63,11 +66,14 @@ _R = TypeVar("_R", bound=ReadOnlyClient)
 
 
 async def open_database_pool(
-    spec: DatabaseSpec, config: PostgresConfig, slot: PoolSlot
+    spec: DatabaseSpec, config: PostgresConfig, slot: PoolSlot, init: object = None
 ) -> AsyncIterator[DatabasePool | None]:
     """Resource body: open ``spec``'s pool with its own settings and put it in ``slot``.
 
-    A database whose DSN is unset is off: nothing opens, and its client
+    ``init`` is what the container's ``connection_init`` gave (a
+    ``ConnectionSetup``, an init function, or a mapping of database names to
+    either): every connection of the pool is set up with it. A database
+    whose DSN is unset is off: nothing opens, and its client
     raises ``ConfigurationError`` naming the variable to set, unless its
     ``PG_[<DB>_]STARTUP_DSN_REQUIRED`` is true, which fails here instead. On
     shutdown the slot is emptied first (new calls fail fast with
@@ -94,7 +100,7 @@ async def open_database_pool(
     pool = DatabasePool(
         spec.name,
         config.get_dsn(spec.name),
-        config.get_pool_config(spec.name),
+        _with_setup(config.get_pool_config(spec.name), init, spec),
         telemetry=config.get_telemetry_config(spec.name),
         connect=config.get_connect_params(spec.name),
     )
@@ -106,6 +112,7 @@ async def open_database_pool(
         raise
     slot.pool = pool
     slot.loop_ended = False
+    slot.listen_dsn, slot.listen_off = _listen_target(spec, config)
     register_breaker(slot.breaker)
     try:
         yield pool
@@ -120,9 +127,47 @@ async def open_database_pool(
             slot.pool = None
         await slot.breaker_watch.stop()
         slot.cache = None
+        slot.listen_dsn = slot.listen_off = None
         if service is not None:
             await service.stop()
         await pool.close()
+
+
+def _as_provider(given: object) -> providers.Provider[Any]:
+    """``given`` as a provider of itself, unless it is one already."""
+    if isinstance(given, providers.Provider):
+        return given
+    return providers.Object(given)
+
+
+def _with_setup(pool_config: PoolConfig, init: object, spec: DatabaseSpec) -> PoolConfig:
+    """``pool_config`` with the connection set-up ``init`` gives ``spec``'s database."""
+    primary = str(spec.replica_of) if spec.replica_of is not None else None
+    setup = connection_setup_for(init, str(spec.name), primary)
+    if setup is None:
+        return pool_config
+    return dataclasses.replace(pool_config, setup=setup)
+
+
+def _listen_target(
+    spec: DatabaseSpec, config: PostgresConfig
+) -> tuple[ConnectParams | None, ConfigurationError | None]:
+    """How ``client.listen()`` connects (password and TLS as the pool's), or why it
+    cannot (LISTEN through PgBouncer)."""
+    settings = config.settings_for(spec.name)
+    listen_dsn = settings.cache_listen_dsn
+    if listen_dsn is not None:
+        variable = env_var_name(type(settings), "cache_listen_dsn")
+        return connect_params(settings, listen_dsn.get_secret_value(), dsn_variable=variable), None
+    if settings.pool_pgbouncer:
+        var = env_var_name(type(settings), "cache_listen_dsn")
+        return None, ConfigurationError(
+            f"the {spec.name} database's DSN points at PgBouncer "
+            f"({env_var_name(type(settings), 'pool_pgbouncer')}=true), where LISTEN does not "
+            f"work: set {var} to a direct DSN for LISTEN connections",
+            env_var=var,
+        )
+    return config.get_connect_params(spec.name), None
 
 
 async def _start_cache(
@@ -193,6 +238,7 @@ def database_providers(
     config: providers.Provider[PostgresConfig],
     *,
     spec: DatabaseSpec | None = None,
+    init: providers.Provider[Any] | ConnectionInit | ConnectionSetup | None = None,
 ) -> DatabaseProviders[_C]:
     """The slot, pool and client providers of ``client_class``'s database.
 
@@ -206,7 +252,11 @@ def database_providers(
             )
 
     ``spec`` gives the database of an untyped client (``DatabaseClient``).
-    Raises ``TypeError`` for a client class that names no database.
+    ``init`` sets up every new connection of the pool: a ``ConnectionSetup``,
+    an async function taking the connection, or a provider of either (or of
+    a mapping of database names to either, such as the container's
+    ``connection_init``). Raises ``TypeError`` for a client class that names
+    no database.
     """
     spec = spec or client_class.spec
     if spec is None or not (
@@ -218,18 +268,24 @@ def database_providers(
         )
     slot = providers.Singleton(PoolSlot, spec.name)
     pool: providers.Resource[DatabasePool | None] = providers.Resource(
-        open_database_pool, spec, config, slot
+        open_database_pool, spec, config, slot, _as_provider(init)
     )
     client = providers.Singleton(client_class, slot)
     return DatabaseProviders(slot, pool, client)
 
 
 async def open_replica_set(
-    spec: DatabaseSpec, config: PostgresConfig, replicas: ReplicaSet, primary: object
+    spec: DatabaseSpec,
+    config: PostgresConfig,
+    replicas: ReplicaSet,
+    primary: object,
+    init: object = None,
 ) -> AsyncIterator[ReplicaSet]:
     """Resource body: open a pool per replica DSN, measure their lag, keep measuring.
 
     ``primary`` is the primary's pool (or ``None``): the primary opens first.
+    ``init`` is the container's ``connection_init`` (the replica database's
+    entry, else its primary's, sets up every replica connection).
     With no replica DSN every read goes to the primary. A replica that is
     down at start-up does not fail it (unless its ``STARTUP_REQUIRED`` is
     true): it connects in the background and takes reads once it answers.
@@ -241,7 +297,7 @@ async def open_replica_set(
     replicas.max_lag_sec = settings.max_lag_sec
     replicas.lag_check_sec = settings.lag_check_sec
     dsns = split_dsns(settings.dsn.get_secret_value()) if settings.dsn is not None else []
-    pool_config = config.get_pool_config(spec.name)
+    pool_config = _with_setup(config.get_pool_config(spec.name), init, spec)
     endpoints: list[ReplicaEndpoint] = []
     for dsn in dsns:
         slot = PoolSlot(spec.name)
@@ -301,12 +357,16 @@ def replica_providers(
     config: providers.Provider[PostgresConfig],
     primary_slot: providers.Provider[PoolSlot],
     primary_pool: providers.Provider[Any],
+    *,
+    init: providers.Provider[Any] | ConnectionInit | ConnectionSetup | None = None,
 ) -> ReplicaProviders[_R]:
     """The replica set, its pools' Resource and the read-only client of a replica database.
 
     ``client_class`` names the replica database (``MainReplicaDB``);
     ``primary_slot`` and ``primary_pool`` are its primary's providers (the
-    replicas' Resource opens after the primary's)::
+    replicas' Resource opens after the primary's); ``init`` as for
+    :func:`database_providers` (a mapping without the replica database's
+    name gives its primary's set-up)::
 
         main_replica_slot, main_replica_pool, main_replica_db = replica_providers(
             MainReplicaDB, config, main_slot, main_pool
@@ -321,7 +381,7 @@ def replica_providers(
         )
     replicas = providers.Singleton(ReplicaSet, spec.name, primary_slot)
     pool: providers.Resource[ReplicaSet] = providers.Resource(
-        open_replica_set, spec, config, replicas, primary_pool
+        open_replica_set, spec, config, replicas, primary_pool, _as_provider(init)
     )
     client = providers.Singleton(client_class, replicas)
     return ReplicaProviders(replicas, pool, client)
@@ -416,7 +476,9 @@ def ensure_database(container: containers.Container, database: DatabaseName) -> 
                 f"the {spec.name} database is a replica with no client class: declare one "
                 f"(class X(ReadOnlyClient, database={str(spec.name)!r}))"
             )
-        made_replicas = replica_providers(readonly, config, primary.slot, primary.pool)
+        made_replicas = replica_providers(
+            readonly, config, primary.slot, primary.pool, init=_connection_init_of(container)
+        )
         _add(container, spec, made_replicas.slot, made_replicas.pool, made_replicas.client)
         return DatabaseMember(
             spec, made_replicas.slot, made_replicas.pool, made_replicas.client, config
@@ -425,9 +487,15 @@ def ensure_database(container: containers.Container, database: DatabaseName) -> 
     if not (isinstance(client_class, type) and issubclass(client_class, DatabaseClient)):
         client_class = DatabaseClient
     config = container.config
-    made = database_providers(client_class, config, spec=spec)
+    made = database_providers(client_class, config, spec=spec, init=_connection_init_of(container))
     _add(container, spec, made.slot, made.pool, made.client)
     return DatabaseMember(spec, made.slot, made.pool, made.client, config)
+
+
+def _connection_init_of(container: containers.Container) -> providers.Provider[Any] | None:
+    """The container's ``connection_init`` provider, if it has one."""
+    found = _providers_of(container).get("connection_init")
+    return found if isinstance(found, providers.Provider) else None
 
 
 def _add(

@@ -121,15 +121,26 @@ class Connector:
         The connection has no asyncpg command timeout (see the module docs).
         """
         config = self.config
+        # Server settings, JSON codec and init hook, the same for every connection.
+        prepare = config.preparation
         try:
             connection: Connection = await self.params.connect(
                 timeout=config.connect_timeout,
                 command_timeout=None,
                 # PgBouncer in transaction mode cannot keep named prepared statements.
                 statement_cache_size=0 if config.pgbouncer else config.statement_cache_size,
-                server_settings={"application_name": config.application_name},
+                server_settings={
+                    **prepare.server_settings,
+                    "application_name": config.application_name,
+                },
                 connection_class=PooledConnection,
             )
+            if prepare.runs_anything:
+                try:
+                    await prepare(connection)
+                except BaseException:
+                    connection.terminate()  # half set up: never pooled
+                    raise
         except BaseException as exc:
             error = self.connect_error(exc)
             if error is exc:

@@ -17,11 +17,13 @@
 from wellwon_db.testing._fake_clients import (
     FakeDatabaseClient,
     FakeMainDB,
+    FakeReferenceDB,
+    FakeTransactionScope,
+)
+from wellwon_db.testing._fake_replicas import (
     FakeMainReplicaDB,
     FakeReadOnlyClient,
-    FakeReferenceDB,
     FakeReferenceReplicaDB,
-    FakeTransactionScope,
 )
 from wellwon_db.testing._fakes import FakeDatabases, override_with_fakes
 from wellwon_db.testing._pgbouncer import PgBouncerNotFoundError, PgBouncerServer, find_pgbouncer

@@ -2,7 +2,11 @@
 
 ``FakeMainDB`` is a ``MainDB``, ``FakeReferenceDB`` a ``ReferenceDB``,
 ``FakeMainReplicaDB`` a ``MainReplicaDB``: they pass wherever the real
-clients are expected, for mypy too. Scripting is in ``_scripting.py``.
+clients are expected, for mypy too (the replica fakes are in
+``_fake_replicas.py``). Scripting is in ``_scripting.py``;
+cursors, COPY and ``listen()`` in ``_fake_streams.py``. ``model=`` maps
+scripted rows as on a real client; ``record_class=`` is accepted and
+ignored (rows are ``FakeRecord``).
 """
 
 from __future__ import annotations
@@ -15,22 +19,33 @@ import asyncpg
 
 from wellwon_db.client._cached import CachedQueries
 from wellwon_db.client._client import DatabaseClient, MainDB, ReferenceDB
-from wellwon_db.client._readonly import MainReplicaDB, ReadOnlyClient, ReferenceReplicaDB
-from wellwon_db.client._replicas import ReplicaSet
+from wellwon_db.client._copy import (
+    Records,
+    copy_from_query,
+    copy_from_table,
+    copy_records_to_table,
+    copy_to_table,
+)
+from wellwon_db.client._cursor import CursorBlock, RowStream, check_prefetch
+from wellwon_db.client._notifications import Notifications
 from wellwon_db.client._slot import PoolSlot
 from wellwon_db.client._transaction import IsolationLevel, TransactionScope
 from wellwon_db.config._registry import Database
 from wellwon_db.pool._pool import Connection
-from wellwon_db.testing._scripting import FakeCall, Scripted, rows_of, value_of
+from wellwon_db.testing._fake_streams import (
+    FakeCursorBlock,
+    FakeListeners,
+    FakeRowStream,
+    fake_copy,
+    fake_rows,
+)
+from wellwon_db.testing._scripting import FakeCall, Scripted, value_of
 
 __all__ = [
     "FakeCachedQueries",
     "FakeDatabaseClient",
     "FakeMainDB",
-    "FakeMainReplicaDB",
-    "FakeReadOnlyClient",
     "FakeReferenceDB",
-    "FakeReferenceReplicaDB",
     "FakeTransactionScope",
 ]
 
@@ -47,29 +62,43 @@ class FakeDatabaseClient(Scripted, DatabaseClient):
     (``execute``), an exception instance or class (raised), or a callable
     taking the query's args and returning one of those. Unscripted queries return no
     rows (``strict=True``: raise ``UnscriptedQueryError``). ``calls`` lists
-    what was done, transactions included.
+    what was done, transactions included. ``notify()`` and
+    ``simulate_reconnect()`` feed its ``listen()`` blocks.
     """
 
-    __slots__ = ("_scripts", "calls", "strict")
+    __slots__ = ("_listeners", "_scripts", "calls", "strict")
 
     def __init__(self, *, strict: bool = False) -> None:
         spec = type(self).spec
         super().__init__(PoolSlot(spec.name if spec is not None else Database.MAIN))
         self._init_scripts(strict)
+        self._listeners = FakeListeners()
 
     # -- the query API -------------------------------------------------------
 
     async def fetch(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
-    ) -> list[asyncpg.Record]:
-        """Scripted rows (``[]`` when unscripted)."""
-        return rows_of(self._answer("fetch", query, args, False))
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> Any:
+        """Scripted rows (``[]`` when unscripted), each a ``model`` when given."""
+        return fake_rows(self, "fetch", query, args, False, model, record_class)
 
     async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
-    ) -> asyncpg.Record | None:
-        """The first scripted row, or ``None``."""
-        rows = rows_of(self._answer("fetchrow", query, args, False))
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> Any:
+        """The first scripted row (a ``model`` when given), or ``None``."""
+        rows = fake_rows(self, "fetchrow", query, args, False, model, record_class)
         return rows[0] if rows else None
 
     async def fetchval(
@@ -140,6 +169,87 @@ class FakeDatabaseClient(Scripted, DatabaseClient):
         ) as scope:
             return await fn(scope, *args)
 
+    def cursor(
+        self,
+        query: str,
+        *args: Any,
+        prefetch: int | None = None,
+        timeout: float | None = None,
+        isolation: IsolationLevel | None = None,
+        readonly: bool = False,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> CursorBlock[Any]:
+        """A recorded fake transaction streaming the rows scripted for ``query``."""
+        check_prefetch(prefetch)
+
+        def stream(scope: TransactionScope) -> RowStream[Any]:
+            return FakeRowStream(fake_rows(self, "cursor", query, args, True, model, record_class))
+
+        return FakeCursorBlock(self._transaction(isolation, readonly, False), stream)
+
+    async def copy_records_to_table(
+        self,
+        table_name: str,
+        *,
+        records: Records,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        where: str | None = None,
+    ) -> str:
+        """Records the call with the records as its args; ``COPY <n>`` unless scripted."""
+        call = copy_records_to_table(table_name, records, columns, schema_name, where)
+        return await fake_copy(self, call, False)
+
+    async def copy_to_table(
+        self,
+        table_name: str,
+        *,
+        source: Any,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> str:
+        """Records the call (``source`` unread); ``COPY 0`` unless scripted."""
+        call = copy_to_table(table_name, source, columns, schema_name, options)
+        return await fake_copy(self, call, False)
+
+    async def copy_from_table(
+        self,
+        table_name: str,
+        *,
+        output: Any,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> str:
+        """Records the call (nothing written to ``output``); ``COPY 0`` unless scripted."""
+        call = copy_from_table(table_name, output, columns, schema_name, options)
+        return await fake_copy(self, call, False)
+
+    async def copy_from_query(
+        self, query: str, *args: Any, output: Any, timeout: float | None = None, **options: Any
+    ) -> str:
+        """Records the call (nothing written to ``output``); ``COPY 0`` unless scripted."""
+        return await fake_copy(self, copy_from_query(query, args, output, options), False)
+
+    def listen(
+        self, channel: str, *channels: str, max_queued: int = 10_000
+    ) -> AbstractAsyncContextManager[Notifications]:
+        """A ``listen`` block fed by :meth:`notify` (recorded as a ``listen`` call)."""
+        return self._listeners.listen(self, (channel, *channels), max_queued)
+
+    def notify(self, channel: str, payload: str = "", *, pid: int = 0) -> int:
+        """Deliver a notification to the open ``listen`` blocks on ``channel``; how many."""
+        return self._listeners.notify(channel, payload, pid)
+
+    def simulate_reconnect(self) -> None:
+        """Put a ``NotificationGap("reconnected")`` in every open ``listen`` block."""
+        self._listeners.reconnect()
+
     @property
     def cached(self) -> CachedQueries:
         """The cached view, answered by the same scripts (no cache, no listener)."""
@@ -167,16 +277,26 @@ class FakeTransactionScope(TransactionScope):
         raise NotImplementedError(f"{type(self).__name__} has no raw connection")
 
     async def fetch(
-        self, query: str, *args: Any, timeout: float | None = None
-    ) -> list[asyncpg.Record]:
-        """Scripted rows."""
-        return rows_of(self._client._answer("fetch", query, args, True))
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> Any:
+        """Scripted rows, each a ``model`` when given."""
+        return fake_rows(self._client, "fetch", query, args, True, model, record_class)
 
     async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None
-    ) -> asyncpg.Record | None:
-        """The first scripted row, or ``None``."""
-        rows = rows_of(self._client._answer("fetchrow", query, args, True))
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> Any:
+        """The first scripted row (a ``model`` when given), or ``None``."""
+        rows = fake_rows(self._client, "fetchrow", query, args, True, model, record_class)
         return rows[0] if rows else None
 
     async def fetchval(
@@ -196,6 +316,70 @@ class FakeTransactionScope(TransactionScope):
         """Records one call per argument tuple."""
         for row in args:
             self._client._answer("executemany", query, tuple(row), True)
+
+    def cursor(
+        self,
+        query: str,
+        *args: Any,
+        prefetch: int | None = None,
+        timeout: float | None = None,
+        model: type[Any] | None = None,
+        record_class: type[asyncpg.Record] | None = None,
+    ) -> RowStream[Any]:
+        """The rows scripted for ``query`` (recorded as a ``cursor`` call, in the transaction)."""
+        check_prefetch(prefetch)
+        return FakeRowStream(
+            fake_rows(self._client, "cursor", query, args, True, model, record_class)
+        )
+
+    async def copy_records_to_table(
+        self,
+        table_name: str,
+        *,
+        records: Records,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        where: str | None = None,
+    ) -> str:
+        """Records the call with the records as its args; ``COPY <n>`` unless scripted."""
+        call = copy_records_to_table(table_name, records, columns, schema_name, where)
+        return await fake_copy(self._client, call, True)
+
+    async def copy_to_table(
+        self,
+        table_name: str,
+        *,
+        source: Any,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> str:
+        """Records the call (``source`` unread); ``COPY 0`` unless scripted."""
+        call = copy_to_table(table_name, source, columns, schema_name, options)
+        return await fake_copy(self._client, call, True)
+
+    async def copy_from_table(
+        self,
+        table_name: str,
+        *,
+        output: Any,
+        columns: Sequence[str] | None = None,
+        schema_name: str | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> str:
+        """Records the call (nothing written to ``output``); ``COPY 0`` unless scripted."""
+        call = copy_from_table(table_name, output, columns, schema_name, options)
+        return await fake_copy(self._client, call, True)
+
+    async def copy_from_query(
+        self, query: str, *args: Any, output: Any, timeout: float | None = None, **options: Any
+    ) -> str:
+        """Records the call (nothing written to ``output``); ``COPY 0`` unless scripted."""
+        call = copy_from_query(query, args, output, options)
+        return await fake_copy(self._client, call, True)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TransactionScope]:
@@ -232,7 +416,8 @@ class FakeCachedQueries(CachedQueries):
         tables: Iterable[str] | None = None,
     ) -> list[asyncpg.Record]:
         """Scripted rows."""
-        return await self._fake.fetch(query, *args)
+        rows: list[asyncpg.Record] = await self._fake.fetch(query, *args)
+        return rows
 
     async def fetchrow(
         self,
@@ -242,7 +427,8 @@ class FakeCachedQueries(CachedQueries):
         tables: Iterable[str] | None = None,
     ) -> asyncpg.Record | None:
         """The first scripted row, or ``None``."""
-        return await self._fake.fetchrow(query, *args)
+        row: asyncpg.Record | None = await self._fake.fetchrow(query, *args)
+        return row
 
     async def fetchval(
         self,
@@ -268,72 +454,5 @@ class FakeMainDB(FakeDatabaseClient, MainDB):
 
 class FakeReferenceDB(FakeDatabaseClient, ReferenceDB):
     """A fake ``ReferenceDB``."""
-
-    __slots__ = ()
-
-
-class FakeReadOnlyClient(Scripted, ReadOnlyClient):
-    """A fake read-only (replica) client: ``script()`` and ``calls`` as on the other fakes.
-
-    Reads are recorded with ``in_transaction`` false, or true inside its
-    (read-only) ``transaction()``, whose ``begin`` call records the options.
-    """
-
-    __slots__ = ("_scripts", "calls", "strict")
-
-    def __init__(self, *, strict: bool = False) -> None:
-        spec = type(self).spec
-        name = spec.name if spec is not None else Database.MAIN_REPLICA
-        primary = spec.replica_of if spec is not None and spec.replica_of else Database.MAIN
-        super().__init__(ReplicaSet(name, PoolSlot(primary)))
-        self._init_scripts(strict)
-
-    async def fetch(
-        self, query: str, *args: Any, timeout: float | None = None
-    ) -> list[asyncpg.Record]:
-        """Scripted rows (``[]`` when unscripted)."""
-        return rows_of(self._answer("fetch", query, args, False))
-
-    async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None
-    ) -> asyncpg.Record | None:
-        """The first scripted row, or ``None``."""
-        rows = rows_of(self._answer("fetchrow", query, args, False))
-        return rows[0] if rows else None
-
-    async def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
-    ) -> Any:
-        """The scripted value (or column ``column`` of the first scripted row)."""
-        return value_of(self._answer("fetchval", query, args, False), column)
-
-    def transaction(
-        self, *, isolation: IsolationLevel | None = None, deferrable: bool = False
-    ) -> AbstractAsyncContextManager[TransactionScope]:
-        """Records ``begin`` (read-only) and ``commit`` (or ``rollback``)."""
-        return self._fake_transaction(isolation, deferrable)
-
-    @asynccontextmanager
-    async def _fake_transaction(
-        self, isolation: IsolationLevel | None, deferrable: bool
-    ) -> AsyncIterator[TransactionScope]:
-        options = (("isolation", isolation), ("readonly", True), ("deferrable", deferrable))
-        self.calls.append(FakeCall("begin", args=options, in_transaction=True))
-        try:
-            yield FakeTransactionScope(self)
-        except BaseException:
-            self.calls.append(FakeCall("rollback", in_transaction=True))
-            raise
-        self.calls.append(FakeCall("commit", in_transaction=True))
-
-
-class FakeMainReplicaDB(FakeReadOnlyClient, MainReplicaDB):
-    """A fake ``MainReplicaDB``."""
-
-    __slots__ = ()
-
-
-class FakeReferenceReplicaDB(FakeReadOnlyClient, ReferenceReplicaDB):
-    """A fake ``ReferenceReplicaDB``."""
 
     __slots__ = ()

@@ -22,9 +22,11 @@ from wellwon_db.errors import ConfigurationError
 from wellwon_db.testing._fake_clients import (
     FakeDatabaseClient,
     FakeMainDB,
+    FakeReferenceDB,
+)
+from wellwon_db.testing._fake_replicas import (
     FakeMainReplicaDB,
     FakeReadOnlyClient,
-    FakeReferenceDB,
     FakeReferenceReplicaDB,
 )
 
